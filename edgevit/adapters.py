@@ -1,0 +1,142 @@
+"""Model-family adapters: the one place that knows timm's module layout.
+
+Passes ask an adapter for blocks, attention and MLP modules, prefix tokens and the token
+grid; they never reach into timm classes themselves, so a new family is one new adapter.
+Module swaps go through ``swap_module`` so they can be undone (tests compare a patched
+model against the unpatched one).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgevit.errors import ModelError
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """One transformer block, addressed by its qualified module name."""
+
+    name: str
+    module: nn.Module
+    stage: int  # 0 for plain ViTs; the Swin stage otherwise
+
+    @property
+    def attention(self) -> nn.Module:
+        return self.module.attn
+
+    @property
+    def mlp(self) -> nn.Module:
+        return self.module.mlp
+
+
+class ModelAdapter:
+    family: str = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def blocks(self) -> list[BlockRef]:
+        raise NotImplementedError
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0
+
+    def token_grid(self, stage: int = 0) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        blocks = self.blocks()
+        heads = [b.attention.num_heads for b in blocks]
+        return {
+            "family": self.family,
+            "blocks": len(blocks),
+            "stages": 1 + max(b.stage for b in blocks),
+            "heads_per_block": heads,
+            "mlp_hidden_per_block": [b.mlp.fc1.out_features for b in blocks],
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "token_grid": list(self.token_grid(0)),
+        }
+
+
+class VitAdapter(ModelAdapter):
+    """timm VisionTransformer and its subclasses (DeiT, DeiT-III with LayerScale, registers)."""
+
+    family = "vit"
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return isinstance(model, VisionTransformer)
+
+    def blocks(self) -> list[BlockRef]:
+        return [BlockRef(f"blocks.{i}", b, 0) for i, b in enumerate(self.model.blocks)]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    def token_grid(self, stage: int = 0) -> tuple[int, int]:
+        return tuple(self.model.patch_embed.grid_size)  # type: ignore[return-value]
+
+
+class SwinAdapter(ModelAdapter):
+    """timm SwinTransformer (v1) and SwinTransformerV2: blocks live in layers[s].blocks."""
+
+    family = "swin"
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        from timm.models.swin_transformer import SwinTransformer
+        from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+        return isinstance(model, (SwinTransformer, SwinTransformerV2))
+
+    def blocks(self) -> list[BlockRef]:
+        return [
+            BlockRef(f"layers.{s}.blocks.{i}", block, s)
+            for s, layer in enumerate(self.model.layers)
+            for i, block in enumerate(layer.blocks)
+        ]
+
+    def token_grid(self, stage: int = 0) -> tuple[int, int]:
+        h, w = self.model.patch_embed.grid_size
+        for layer in self.model.layers[: stage + 1]:
+            if not isinstance(layer.downsample, nn.Identity):
+                h, w = h // 2, w // 2
+        return int(h), int(w)
+
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (VitAdapter, SwinAdapter)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter(model)
+    raise ModelError(
+        f"{type(model).__name__}: no edgevit adapter for this model family",
+        f"supported: {', '.join(a.family for a in ADAPTERS)} (timm ViT/DeiT and Swin v1/v2)",
+    )
+
+
+@contextlib.contextmanager
+def swap_module(root: nn.Module, name: str, replacement: nn.Module) -> Iterator[nn.Module]:
+    """Replace the submodule ``name`` for the duration of the block, then restore it."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    original = getattr(parent, child)
+    setattr(parent, child, replacement)
+    try:
+        yield original
+    finally:
+        setattr(parent, child, original)

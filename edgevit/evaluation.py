@@ -1,0 +1,107 @@
+"""Numerical checks of artifacts against PyTorch, and accuracy.
+
+CHECK_THRESHOLDS is the single table of tolerances; the report prints the row it used.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str
+    rtol: float | None = None
+    atol: float | None = None
+    min_sqnr_db: float | None = None
+    min_agreement: float | None = None
+
+
+CHECK_THRESHOLDS: dict[str, Threshold] = {
+    # fp32 must be the same function: elementwise |a-b| <= atol + rtol*|ref|.
+    "fp32": Threshold("allclose", rtol=1e-3, atol=1e-4),
+    # fp16/bf16 change rounding, not the function: small absolute error, same decisions.
+    "fp16": Threshold("allclose+agreement", rtol=0.0, atol=5e-3, min_agreement=0.99),
+    "bf16": Threshold("sqnr+agreement", min_sqnr_db=30.0, min_agreement=0.99),
+    # Quantized artifacts approximate: signal-to-quantization-noise on logits + top-1 agreement.
+    "int8": Threshold("sqnr+agreement", min_sqnr_db=20.0, min_agreement=0.90),
+    "int4": Threshold("sqnr+agreement", min_sqnr_db=15.0, min_agreement=0.85),
+    "mixed": Threshold("sqnr+agreement", min_sqnr_db=15.0, min_agreement=0.85),
+}
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - candidate) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+
+
+def check_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dict[str, Any]:
+    """The report's ``check`` record: metric, threshold, value, passed (+ diagnostics)."""
+    if reference.shape != candidate.shape:
+        return {
+            "metric": "shape", "threshold": {"shape": list(reference.shape)}, "value": list(candidate.shape),
+            "passed": False, "reason": f"output shape {candidate.shape} != PyTorch {reference.shape}",
+        }
+    t = CHECK_THRESHOLDS[precision]
+    diff = np.abs(reference.astype(np.float64) - candidate)
+    agreement, sqnr = top1_agreement(reference, candidate), sqnr_db(reference, candidate)
+    record: dict[str, Any] = {
+        "metric": t.metric,
+        "threshold": {k: v for k, v in asdict(t).items() if v is not None and k != "metric"},
+        "max_abs_diff": float(diff.max()),
+        "agreement": agreement,
+        "sqnr_db": sqnr,
+        "n": int(reference.shape[0]),
+    }
+    failures = []
+    if t.atol is not None:
+        excess = diff - (t.atol + (t.rtol or 0.0) * np.abs(reference))
+        worst = float(excess.max())
+        record["value"] = float(diff.max())
+        record["worst_excess_over_tolerance"] = worst
+        if worst > 0:
+            failures.append(f"max |diff| {diff.max():.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}*|ref| by {worst:.3g}")
+    if t.min_sqnr_db is not None:
+        record.setdefault("value", sqnr)
+        if not sqnr >= t.min_sqnr_db:
+            failures.append(f"SQNR {sqnr:.1f} dB < {t.min_sqnr_db:g} dB")
+    if t.min_agreement is not None and agreement < t.min_agreement:
+        failures.append(f"top-1 agreement {agreement:.3f} < {t.min_agreement:g}")
+    record["passed"] = not failures
+    if failures:
+        record["reason"] = "; ".join(failures)
+    return record
+
+
+class Top1Counter:
+    """Accumulates top-1 of several predictors over one stream of batches, plus their
+    agreement with a reference predictor, so images are decoded once for all of them."""
+
+    def __init__(self, names: list[str], reference: str):
+        self.names, self.reference = names, reference
+        self.correct = dict.fromkeys(names, 0)
+        self.agree = dict.fromkeys(names, 0)
+        self.n = 0
+
+    def update(self, labels: np.ndarray, logits: dict[str, np.ndarray]) -> None:
+        ref_pred = logits[self.reference].argmax(-1)
+        for name in self.names:
+            pred = logits[name].argmax(-1)
+            self.correct[name] += int((pred == labels).sum())
+            self.agree[name] += int((pred == ref_pred).sum())
+        self.n += len(labels)
+
+    def result(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"top1": self.correct[name] / self.n, "agreement_with_" + self.reference: self.agree[name] / self.n}
+            for name in self.names
+        }

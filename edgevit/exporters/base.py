@@ -1,0 +1,143 @@
+"""Target profiles, lowering plans, artifact bundles and the exporter registry.
+
+A target profile (exporters/*.yaml) declares what one runtime can execute; the exporter
+for its ``format`` gets the lowering plan (precision per layer + pass records) and the
+calibration set and writes a bundle: the artifact files plus ``bundle.json``, the only
+thing the device runner reads.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from pydantic import Field, ValidationError
+from torch import nn
+
+from edgevit import resources
+from edgevit.errors import RecipeError
+from edgevit.schema import StrictModel, did_you_mean, first_error
+from edgevit.yamlfile import load_yaml
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+BUNDLE_SCHEMA_VERSION = 1
+
+
+class TargetProfile(StrictModel):
+    name: str
+    description: str = ""
+    format: str = Field(description="exporter to use: onnx | openvino")
+    runtime: str
+    runtime_version: str | None = Field(None, description="version the profile was written for")
+    device: str = "cpu"
+    opset: int = Field(18, ge=13, le=23)
+    precisions: list[Precision] = Field(description="what the runtime can really execute")
+    session_options: dict[str, Any] = Field(default_factory=dict, description="passed to the runtime by the runner")
+    avoid_ops: list[str] = []
+    export_forms: dict[str, str] = Field(default_factory=dict, description="per pass kind, the export form to use")
+
+
+def load_profile(name_or_path: str) -> TargetProfile:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = resources.shipped("exporters") / f"{name_or_path}.yaml"
+        if not path.is_file():
+            available = resources.names("exporters")
+            raise RecipeError(f"export profile '{name_or_path}' not found" + did_you_mean(name_or_path, available), f"available: {', '.join(available)}")
+    try:
+        profile = TargetProfile.model_validate(load_yaml(path))
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: {first_error(exc, TargetProfile)}") from None
+    if profile.format not in EXPORTERS:
+        raise RecipeError(f"{path}: format: no exporter for '{profile.format}'" + did_you_mean(profile.format, EXPORTERS), f"known: {', '.join(sorted(EXPORTERS))}")
+    return profile
+
+
+@dataclass
+class LoweringPlan:
+    """What the passes decided, for the exporters: precision per layer and the records."""
+
+    default_precision: str = "fp32"
+    layer_precision: dict[str, str] = field(default_factory=dict)
+    pass_records: list[dict[str, Any]] = field(default_factory=list)
+
+    def precisions(self) -> set[str]:
+        return {self.default_precision, *self.layer_precision.values()}
+
+    @property
+    def summary_precision(self) -> str:
+        found = self.precisions()
+        return found.pop() if len(found) == 1 else "mixed"
+
+
+@dataclass
+class ExportContext:
+    """Shared by the exporters of one run, so work two targets need is done once."""
+
+    example_input: torch.Tensor
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # timm data config: size, mean, std, crop
+    label_names: list[str] | None = None
+    calibration: Any = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    data: dict[str, Any]
+
+    def write(self) -> "Bundle":
+        (self.path / "bundle.json").write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+        return self
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / f for f in self.data["files"]]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+def bundle_data(profile: TargetProfile, ctx: ExportContext, precision: str, model_file: str, files: list[str],
+                inputs: list[dict], outputs: list[dict], session_options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "preprocessing": ctx.preprocessing,
+        "label_names": ctx.label_names,
+        "schema_version": BUNDLE_SCHEMA_VERSION,
+        "profile": profile.name,
+        "format": profile.format,
+        "runtime": profile.runtime,
+        "precision": precision,
+        "model_file": model_file,
+        "files": files,
+        "inputs": inputs,
+        "outputs": outputs,
+        "session_options": session_options,
+    }
+
+
+class Exporter(Protocol):
+    format: ClassVar[str]
+
+    def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
+        ...
+
+
+EXPORTERS: dict[str, type[Exporter]] = {}
+
+
+def register_exporter(cls: type[Exporter]) -> type[Exporter]:
+    EXPORTERS[cls.format] = cls
+    return cls
+
+
+def check_plan_supported(plan: LoweringPlan, profile: TargetProfile) -> None:
+    missing = plan.precisions() - set(profile.precisions)
+    if missing:
+        raise RecipeError(
+            f"export profile '{profile.name}' cannot execute {', '.join(sorted(missing))}",
+            f"it runs {', '.join(profile.precisions)}; change the recipe's precisions or drop this target",
+        )

@@ -1,0 +1,86 @@
+"""ONNX export (torch dynamo exporter) for ONNX Runtime, and the shared fp32 ONNX graph
+that other exporters (OpenVINO) convert from."""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgevit.errors import ExportError
+from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GB cap, with margin: above it, external data
+
+
+def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int) -> Path:
+    """fp32 ONNX with a dynamic batch axis, exported once per opset per run."""
+    key = f"onnx-fp32-opset{opset}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="edgevit-onnx-")) / "model.onnx"
+    # Batch 2 in the example: torch.export specialises a size-1 dimension to a constant.
+    example = ctx.example_input[:1].expand(2, *ctx.example_input.shape[1:]).contiguous()
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_LIMIT
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            )
+            program.save(str(out), external_data=external)
+    except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          "this model or pass is not exportable at this opset") from None
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(out), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    ctx.cache[key] = out
+    return out
+
+
+def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+
+    def describe(values) -> list[dict]:
+        out = []
+        for v in values:
+            if v.name in init:
+                continue
+            t = v.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    return describe(graph.input), describe(graph.output)
+
+
+@register_exporter
+class OnnxExporter:
+    format = "onnx"
+
+    def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
+        check_plan_supported(plan, profile)
+        graph = export_onnx_graph(model, ctx, profile.opset)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for src in sorted(graph.parent.iterdir()):  # model.onnx (+ external data if any)
+            shutil.copy2(src, out_dir / src.name)
+            files.append(src.name)
+        inputs, outputs = onnx_io(out_dir / "model.onnx")
+        options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
+        return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, options)).write()

@@ -1,0 +1,39 @@
+"""OpenVINO IR (.xml + .bin), converted from the run's ONNX graph."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from edgevit.errors import ExportError
+from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.onnx import export_onnx_graph, onnx_io
+
+# OpenVINO's CPU plugin runs "fp32" models in bf16 on AVX-512 BF16 machines unless told
+# otherwise; the hint follows the precision the plan asked for.
+INFERENCE_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+@register_exporter
+class OpenvinoExporter:
+    format = "openvino"
+
+    def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
+        check_plan_supported(plan, profile)
+        import openvino as ov
+
+        graph = export_onnx_graph(model, ctx, profile.opset)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            ov_model = ov.convert_model(str(graph))
+            # compress_to_fp16 defaults to True and would silently make an "fp32" IR fp16.
+            ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=plan.summary_precision == "fp16")
+        except Exception as exc:
+            raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        inputs, outputs = onnx_io(graph)
+        config = dict(profile.session_options.get("config", {}))
+        hint = INFERENCE_HINT.get(plan.summary_precision)
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        options = {**profile.session_options, "config": config}
+        return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.xml", ["model.xml", "model.bin"], inputs, outputs, options)).write()

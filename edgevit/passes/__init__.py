@@ -1,0 +1,4 @@
+"""Compression passes. Each pass module registers itself in ``base.PASS_REGISTRY``."""
+from edgevit.passes.base import PASS_REGISTRY, Pass, PassConfig, PassContext, PassRecord, register_pass
+
+__all__ = ["PASS_REGISTRY", "Pass", "PassConfig", "PassContext", "PassRecord", "register_pass"]

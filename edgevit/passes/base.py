@@ -1,0 +1,73 @@
+"""The Pass contract: a registered, config-typed transform of a PyTorch model.
+
+Passes run once on the PyTorch model; lowering to each runtime is the exporters' job.
+A pass returns the new model and a record of what it really did. The record is data
+(JSON-able): it goes into the report and into ``model/config.json`` so the compressed
+structure can be rebuilt from the original architecture plus the records (``rebuild``),
+without ever pickling a module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from edgevit.schema import StrictModel
+
+
+class PassConfig(StrictModel):
+    """Base of every pass's recipe block; subclasses narrow ``kind`` to a Literal."""
+
+    kind: str
+
+
+class PassRecord(BaseModel):
+    """What a pass did: the structural facts needed to rebuild it, and figures to report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    config: dict[str, Any]
+    structure: dict[str, Any] = {}  # replayed by Pass.rebuild (heads kept, tokens per block...)
+    metrics: dict[str, Any] = {}  # reported only (FLOPs before/after, scores, bits per layer)
+    training: dict[str, Any] | None = None  # epochs, wall time, data, or None = training-free
+    notes: list[str] = []
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model; everything optional is None when absent."""
+
+    seed: int
+    input_size: tuple[int, int, int]
+    teacher: nn.Module | None = None  # the uncompressed model, for distillation
+    calibration: Any = None  # edgevit.calibration.CalibrationSet
+    train_data: Path | None = None
+    allow_synthetic_calibration: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass(Protocol):
+    kind: ClassVar[str]
+    config_type: ClassVar[type[PassConfig]]
+    requires: ClassVar[frozenset[str]]  # e.g. {"train_data"}; checked before any work
+
+    def apply(self, model: nn.Module, cfg: PassConfig, ctx: PassContext) -> tuple[nn.Module, PassRecord]:
+        ...
+
+    def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
+        """Re-create the compressed structure (not the weights) from a saved record."""
+        ...
+
+
+PASS_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    if cls.kind in PASS_REGISTRY:
+        raise ValueError(f"pass kind '{cls.kind}' registered twice")
+    PASS_REGISTRY[cls.kind] = cls
+    return cls

@@ -1,0 +1,247 @@
+"""`edgevit compress`: recipe -> model -> passes -> export per target -> check -> evaluate
+-> profile -> report, published atomically."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgevit import progress
+from edgevit.adapters import adapter_for
+from edgevit.artifacts import Staging, sha256_file
+from edgevit.calibration import CalibrationSet, resolve_calibration
+from edgevit.accuracy import artifact_predictor, measure_top1, torch_predictor
+from edgevit.data import ImageFolder, jsonable_config, load_images, scan_image_folder, synthetic_images
+from edgevit.errors import CheckFailed, EdgevitError, ModelError
+from edgevit.evaluation import CHECK_THRESHOLDS, check_outputs
+from edgevit.exporters import EXPORTERS, ExportContext, LoweringPlan, TargetProfile, load_profile
+from edgevit.exporters.onnx import OUTPUT_NAME
+from edgevit.flops import model_stats
+from edgevit.models import LoadedModel, load_model, save_model_folder
+from edgevit.passes.base import PASS_REGISTRY, PassContext
+from edgevit.profiling import runner_module, transport_for
+from edgevit.profiling.executed import executed_precision
+from edgevit.recipe import LoadedRecipe, Recipe, load_recipe
+from edgevit.report import REPORT_SCHEMA_VERSION, render_markdown
+from edgevit.versions import library_versions
+
+
+@dataclass
+class CompressOptions:
+    recipe: str
+    out: Path
+    model: str | None = None
+    checkpoint: Path | None = None
+    data: Path | None = None
+    train_data: Path | None = None
+    calib_data: Path | None = None
+    force: bool = False
+    keep_failed: bool = False
+    allow_synthetic_calibration: bool = False
+
+
+@dataclass
+class _Inputs:
+    """Everything validated before any heavy work or any file is written."""
+
+    loaded_recipe: LoadedRecipe
+    model_name: str
+    checkpoint: Path | None
+    profiles: list[TargetProfile]
+    eval_folder: ImageFolder | None
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded_recipe.recipe
+
+
+def compress(opts: CompressOptions) -> Path:
+    inputs = _validate(opts)
+    staging = Staging(opts.out, force=opts.force)
+    try:
+        report, failed = _run(opts, inputs, staging.path)
+        manifest = {
+            "recipe_sha256": inputs.loaded_recipe.sha256, "recipe": inputs.recipe.name, "seed": inputs.recipe.seed,
+            "versions": library_versions(), "status": "failed-check" if failed else "ok",
+        }
+        if failed:
+            message = "; ".join(f"{a['name']}: {a['check']['reason']}" for a in failed)
+            if opts.keep_failed:
+                where = staging.publish(manifest, opts.out.with_name(opts.out.name + ".failed"))
+                raise CheckFailed(f"numerical check failed: {message}", f"kept for inspection in {where}")
+            raise CheckFailed(f"numerical check failed: {message}", "nothing was published; --keep-failed keeps the run")
+        return staging.publish(manifest)
+    except BaseException:
+        staging.discard()
+        raise
+
+
+def _validate(opts: CompressOptions) -> _Inputs:
+    loaded = load_recipe(opts.recipe)
+    recipe = loaded.recipe
+    model_name = opts.model or recipe.model.name
+    if not model_name:
+        raise EdgevitError(f"{loaded.path}: model.name is not set and no --model was given", "pass --model NAME_OR_FOLDER")
+    checkpoint = opts.checkpoint or (Path(recipe.model.checkpoint) if recipe.model.checkpoint and not opts.model else None)
+    needs = set(recipe.requires) | {r for p in recipe.passes for r in PASS_REGISTRY[p.kind].requires}
+    if "train_data" in needs and opts.train_data is None:
+        raise EdgevitError(f"{loaded.path}: this recipe needs training images", "pass --train-data DIR (class/xxx.jpg)")
+    if "calib_data" in needs and opts.calib_data is None and recipe.calibration.manifest is None:
+        raise EdgevitError(f"{loaded.path}: this recipe needs calibration images", "pass --calib-data DIR")
+    profiles = [load_profile(name) for name in recipe.exports]
+    transport_for(recipe.profile.target)  # fail now on an unknown target, not after exporting
+    eval_folder = scan_image_folder(opts.data, "--data") if opts.data else None
+    for flag, folder in (("--train-data", opts.train_data), ("--calib-data", opts.calib_data)):
+        if folder is not None:
+            scan_image_folder(folder, flag)
+    return _Inputs(loaded, model_name, checkpoint, profiles, eval_folder)
+
+
+def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    recipe = inputs.recipe
+    torch.manual_seed(recipe.seed)
+    progress.step(f"loading model {inputs.model_name}")
+    loaded = load_model(inputs.model_name, inputs.checkpoint, recipe.model.pretrained, recipe.model.model_args)
+    warnings: list[str] = []
+    if loaded.random_weights:
+        warnings.append(f"{inputs.model_name} has random weights: latency and size are real, accuracy is meaningless")
+        progress.warn(warnings[-1])
+    data_config = loaded.data_config()
+    input_size = tuple(data_config["input_size"])
+
+    calibration = resolve_calibration(recipe.calibration, opts.calib_data, opts.train_data, opts.data)
+    if calibration.overlaps_eval and recipe.passes:
+        warnings.append(f"calibration images ({calibration.source}) overlap the evaluation set --data")
+        progress.warn(warnings[-1])
+
+    original_stats = model_stats(loaded.model, input_size)
+    model, records, training = _apply_passes(loaded, recipe, calibration, opts, input_size)
+    final_stats = model_stats(model, input_size)
+    save_model_folder(loaded, model, records, stage / "model")
+
+    check_x = _check_batch(inputs.eval_folder, recipe, data_config, input_size)
+    with torch.no_grad():
+        reference = model(check_x).numpy()
+    plan = LoweringPlan(pass_records=records)
+    ectx = ExportContext(example_input=check_x, preprocessing=jsonable_config(data_config), label_names=loaded.label_names, calibration=calibration)
+    transport = transport_for(recipe.profile.target)
+    artifacts, profiles = [], {}
+    for profile in inputs.profiles:
+        artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe)
+        artifacts.append(artifact)
+        profiles[profile.name] = timing
+
+    accuracy = None
+    if inputs.eval_folder is not None:
+        accuracy = _evaluate(model, loaded, inputs.eval_folder, data_config, recipe, stage, artifacts)
+
+    calib_text = calibration.manifest_text()
+    (stage / "calibration.yaml").write_text(calib_text)
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "model": _model_section(loaded, model, data_config),
+        "recipe": {"name": recipe.name, "path": inputs.loaded_recipe.path, "sha256": inputs.loaded_recipe.sha256, "seed": recipe.seed},
+        "flops": {"before": original_stats["flops"], "after": final_stats["flops"], "input_size": list(input_size)},
+        "params": {"before": original_stats["params"], "after": final_stats["params"]},
+        "passes": records,
+        "calibration": calibration.report(sha256_file(stage / "calibration.yaml")),
+        "training": training,
+        "thresholds": {k: {kk: vv for kk, vv in vars(v).items() if vv is not None} for k, v in CHECK_THRESHOLDS.items()},
+        "artifacts": artifacts,
+        "accuracy": accuracy,
+        "profile": profiles,
+        "cascade": None,
+        "warnings": warnings,
+        "versions": library_versions(),
+    }
+    (stage / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (stage / "report.md").write_text(render_markdown(report))
+    failed = [a for a in artifacts if not a["check"]["passed"]]
+    return report, failed
+
+
+def _apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet, opts: CompressOptions, input_size):
+    model = loaded.model
+    records: list[dict[str, Any]] = []
+    training = None
+    if not recipe.passes:
+        return model, records, training
+    teacher = copy.deepcopy(model).eval()
+    ctx = PassContext(seed=recipe.seed, input_size=input_size, teacher=teacher, calibration=calibration,
+                      train_data=opts.train_data, allow_synthetic_calibration=opts.allow_synthetic_calibration)
+    for i, cfg in enumerate(recipe.passes):
+        progress.step(f"pass {i + 1}/{len(recipe.passes)}: {cfg.kind}")
+        model, record = PASS_REGISTRY[cfg.kind]().apply(model, cfg, ctx)
+        model.eval()
+        records.append(record.model_dump())
+        if record.training:
+            training = (training or []) + [{"pass": cfg.kind, **record.training}]
+    return model, records, training
+
+
+def _check_batch(folder: ImageFolder | None, recipe: Recipe, data_config, input_size) -> torch.Tensor:
+    n = recipe.evaluation.check_batch
+    if folder is not None:
+        return load_images(folder.subset(n, recipe.seed + 1), data_config)
+    return synthetic_images(n, input_size, recipe.seed + 1)
+
+
+def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path, check_x, reference, transport, recipe: Recipe):
+    progress.step(f"exporting for {profile.name}")
+    bundle = EXPORTERS[profile.format]().export(model, plan, profile, ectx, stage / "artifacts" / profile.name)
+    p = recipe.profile
+    progress.step(f"checking and profiling {profile.name} on {transport.name} ({p.runs} runs, {p.threads} threads, batch {p.batch})")
+    result = transport.run(bundle.path, runs=p.runs, warmup=p.warmup, threads=p.threads, batch=p.batch, inputs=check_x.numpy())
+    outputs = result.outputs or {}
+    got = outputs.get(OUTPUT_NAME, next(iter(outputs.values()), None))
+    check = check_outputs(reference, got, bundle.data["precision"]) if got is not None else {"passed": False, "reason": "runner returned no outputs"}
+    data = result.data
+    executed = data.pop("executed", None)
+    model_file = bundle.path / bundle.data["model_file"]
+    artifact = {
+        "name": profile.name,
+        "target": profile.name,
+        "runtime": profile.runtime,
+        "format": profile.format,
+        "precision": bundle.data["precision"],
+        "executed_precision": executed_precision(profile.format, executed),
+        "executed": executed,
+        "simulated": False,
+        "where_run": data["where_run"],
+        "reproducible": True,
+        "path": str(bundle.path.relative_to(stage)),
+        "sha256": sha256_file(model_file),
+        "size_bytes": bundle.size_bytes,
+        "files": [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in bundle.files],
+        "check": check,
+    }
+    timing = {k: data.get(k) for k in ("runtime", "runtime_version", "device", "threads", "batch", "runs", "warmup",
+                                        "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
+                                        "cpu_time_ms", "load_avg", "peak_rss_mb", "where_run")}
+    return artifact, timing
+
+
+def _evaluate(model, loaded: LoadedModel, folder: ImageFolder, data_config, recipe: Recipe, stage: Path, artifacts) -> dict[str, Any]:
+    runner = runner_module()
+    predictors = {"pytorch": torch_predictor(model)}
+    for a in artifacts:
+        predictors[a["name"]] = artifact_predictor(runner.open_artifact(str(stage / a["path"]), recipe.profile.threads), OUTPUT_NAME)
+    return measure_top1(predictors, folder, recipe.evaluation.n, recipe.seed, data_config,
+                        recipe.evaluation.batch_size, loaded.label_names)
+
+
+def _model_section(loaded: LoadedModel, model, data_config) -> dict[str, Any]:
+    try:
+        summary = adapter_for(model).summary()
+    except ModelError:
+        summary = {"family": "unsupported by passes (export only)"}
+    return {
+        "source": loaded.source, "architecture": loaded.architecture, "weights": loaded.weights,
+        "random_weights": loaded.random_weights, "input_size": list(data_config["input_size"]),
+        "data_config": jsonable_config(data_config),
+        "structure": summary,
+    }

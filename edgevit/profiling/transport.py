@@ -1,0 +1,83 @@
+"""Transports run the device runner on a target and bring back its JSON and outputs.
+
+``local`` runs it as a subprocess on this machine (the same isolation a device has: a
+fresh interpreter, no torch). ssh:// and adb:// transports implement the same contract.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgevit import resources
+from edgevit.errors import EdgevitError, RunnerError
+
+RUNNER_TIMEOUT_S = 1800
+
+
+@dataclass
+class RunnerResult:
+    data: dict[str, Any]
+    outputs: dict[str, np.ndarray] | None
+
+
+class Transport(Protocol):
+    name: str
+
+    def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
+            inputs: np.ndarray | None = None) -> RunnerResult:
+        ...
+
+
+class LocalTransport:
+    name = "local"
+
+    def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
+            inputs: np.ndarray | None = None) -> RunnerResult:
+        with tempfile.TemporaryDirectory(prefix="edgevit-run-") as tmp:
+            cmd = [sys.executable, str(resources.runner_script()), str(artifact), "--runs", str(runs),
+                   "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
+            out_file = Path(tmp) / "outputs.npz"
+            if inputs is not None:
+                np.save(Path(tmp) / "input.npy", inputs)
+                cmd += ["--input", str(Path(tmp) / "input.npy"), "--output", str(out_file)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise RunnerError(f"{artifact}: runner timed out after {RUNNER_TIMEOUT_S} s", "lower --runs") from None
+            data = parse_runner_output(artifact, proc.returncode, proc.stdout, proc.stderr)
+            outputs = None
+            if inputs is not None:
+                with np.load(out_file) as npz:
+                    outputs = {k: npz[k] for k in npz.files}
+        data["where_run"] = "this machine (local)"
+        return RunnerResult(data, outputs)
+
+
+def parse_runner_output(artifact: Path, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
+    try:
+        data = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and "error" in data:
+        raise RunnerError(f"{artifact}: runner: {data['error']}")
+    if returncode != 0 or not isinstance(data, dict):
+        tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RunnerError(f"{artifact}: runner failed (exit {returncode}): {tail[:300]}")
+    return data
+
+
+def transport_for(target: str) -> Transport:
+    if target == "local":
+        return LocalTransport()
+    scheme = target.split("://", 1)[0] if "://" in target else target
+    if scheme in ("ssh", "adb"):
+        raise EdgevitError(f"--target {target}: the {scheme} transport is not available in this version", "use --target local")
+    raise EdgevitError(f"--target {target}: unknown target", "use 'local' (ssh://user@host and adb://SERIAL are planned)")

@@ -1,0 +1,79 @@
+"""report.json -> report.md. The JSON is the contract (schema in the README); the
+Markdown is for people and is derived from it only."""
+from __future__ import annotations
+
+from typing import Any
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _sig(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else _fmt(value)
+
+
+def _mega(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m, r = report["model"], report["recipe"]
+    lines = [
+        f"# edgevit report: {r['name']} on {m['architecture']}",
+        "",
+        f"- model: `{m['source']}` ({m['weights']}), input {'x'.join(map(str, m['input_size']))}",
+        f"- recipe: `{r['path']}` (sha256 {r['sha256'][:12]}, seed {r['seed']})",
+        f"- FLOPs: {_mega(report['flops']['before'])} -> {_mega(report['flops']['after'])}; "
+        f"params: {_mega(report['params']['before'])} -> {_mega(report['params']['after'])}",
+        f"- calibration: {report['calibration']['source']} ({report['calibration']['n']} images, seed {report['calibration']['seed']}"
+        + (", OVERLAPS the evaluation set" if report["calibration"]["overlaps_eval"] else "") + ")",
+    ]
+    for w in report.get("warnings", []):
+        lines.append(f"- **warning**: {w}")
+    lines += ["", "## Passes", ""]
+    if not report["passes"]:
+        lines.append("none (the model is exported as loaded)")
+    for p in report["passes"]:
+        trained = "training-free" if not p.get("training") else f"fine-tuned {p['training']}"
+        lines.append(f"- `{p['kind']}`: {p.get('metrics', {})} ({trained})")
+    lines += ["", "## Artifacts and numerical checks", "",
+              "| target | format | precision | executed | size | check | value | threshold | passed | where run |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        c = a["check"]
+        lines.append(
+            f"| {a['name']} | {a['format']} | {a['precision']}{' (simulated)' if a['simulated'] else ''} | {a['executed_precision']} "
+            f"| {a['size_bytes'] / 1e6:.2f} MB | {c.get('metric', '-')} | {_sig(c.get('value'))} "
+            f"| {c.get('threshold')} | {'yes' if c['passed'] else 'NO: ' + c.get('reason', '')} | {a['where_run']} |"
+        )
+    acc = report.get("accuracy")
+    lines += ["", "## Accuracy", ""]
+    if not acc:
+        lines.append("no evaluation data given (--data)")
+    else:
+        lines += [f"{acc['n']} images of `{acc['dataset']}` (seed {acc['seed']}, labels {acc['label_mapping']})", "",
+                  "| model | top-1 | agreement with PyTorch |", "|---|---|---|"]
+        for name, top1 in acc["top1"].items():
+            lines.append(f"| {name} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
+    lines += ["", "## Latency", "",
+              "| target | runtime | threads | batch | runs | p50 ms | p90 ms | p99 ms | mean ms | CPU ms/inference | load avg (before, after) | where run |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p in report["profile"].items():
+        load = ", ".join(_fmt(v) for v in (p.get("load_avg") or []))
+        lines.append(
+            f"| {name} | {p['runtime']} {p['runtime_version']} | {p['threads']} | {p['batch']} | {p['runs']} | {_fmt(p['p50_ms'])} "
+            f"| {_fmt(p['p90_ms'])} | {_fmt(p['p99_ms'])} | {_fmt(p['mean_ms'])} | {_fmt(p['cpu_time_ms'])} | {load} | {p['where_run']} |"
+        )
+    if report["profile"]:
+        lines += ["", f"Device: {next(iter(report['profile'].values()))['device']}"]
+    lines += ["", "## Check thresholds (edgevit.evaluation.CHECK_THRESHOLDS)", "", "| precision | thresholds |", "|---|---|"]
+    for precision, t in report["thresholds"].items():
+        lines.append(f"| {precision} | {t} |")
+    return "\n".join(lines) + "\n"
