@@ -42,7 +42,15 @@ class LoadedModel:
     def data_config(self) -> dict[str, Any]:
         from timm.data import resolve_data_config
 
-        return resolve_data_config(model=self.model)
+        config = resolve_data_config(model=self.model)
+        # A config.json read back gives lists; timm's own configs use tuples. One form.
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        # pretrained_cfg keeps the architecture's default size even when model_args set
+        # img_size; the patch embedding knows the size the model was really built for.
+        built = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if built is not None:
+            config["input_size"] = (config["input_size"][0], *tuple(built))
+        return config
 
 
 def looks_like_path(name: str) -> bool:

@@ -105,6 +105,9 @@ class OvSession(object):
         core = ov.Core()
         config = dict((k, str(v)) for k, v in options.get("config", {}).items())
         config["INFERENCE_NUM_THREADS"] = str(threads)
+        # Without a hint the CPU plugin runs f32 models in bf16 on AVX-512 BF16 machines;
+        # an artifact with no stated precision is run as exported (bundles always state it).
+        config.setdefault("INFERENCE_PRECISION_HINT", "f32")
         config.setdefault("NUM_STREAMS", "1")
         config.setdefault("PERFORMANCE_HINT", "LATENCY")
         self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)

@@ -1,6 +1,7 @@
 """OpenVINO IR (.xml + .bin), converted from the run's ONNX graph."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from torch import nn
@@ -26,6 +27,7 @@ class OpenvinoExporter:
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             ov_model = ov.convert_model(str(graph))
+            _stable_names(ov_model)
             # compress_to_fp16 defaults to True and would silently make an "fp32" IR fp16.
             ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=plan.summary_precision == "fp16")
         except Exception as exc:
@@ -37,3 +39,15 @@ class OpenvinoExporter:
             config["INFERENCE_PRECISION_HINT"] = hint
         options = {**profile.session_options, "config": config}
         return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.xml", ["model.xml", "model.bin"], inputs, outputs, options)).write()
+
+
+_AUTO_NAME = re.compile(r"^[A-Za-z]+_\d+$")
+
+
+def _stable_names(ov_model) -> None:
+    """OpenVINO names the nodes it creates from a process-wide counter (ShapeOf_5594), so
+    the same model converted twice in one process gives different .xml bytes. Renumber
+    those in graph order; names carried over from the ONNX graph are kept."""
+    for index, op in enumerate(ov_model.get_ordered_ops()):
+        if _AUTO_NAME.match(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")

@@ -1,0 +1,103 @@
+"""The device runner (runtimes/runner.py): stdlib + numpy + runtime only, JSON contract."""
+import ast
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgevit import resources
+from edgevit.errors import RunnerError
+from edgevit.profiling import LocalTransport, runner_module
+from edgevit.profiling.executed import executed_precision
+
+RUNNER = resources.runner_script()
+ALLOWED_IMPORTS = {"argparse", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource",
+                   "onnxruntime", "openvino", "__future__"}
+
+
+def test_runner_imports_only_stdlib_numpy_and_runtimes_in_python38_syntax():
+    tree = ast.parse(RUNNER.read_text(), feature_version=(3, 8))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
+
+
+def test_latency_stats():
+    stats = runner_module().latency_stats([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert stats["p50_ms"] == 3.0 and stats["min_ms"] == 1.0 and stats["max_ms"] == 100.0
+    assert stats["mean_ms"] == pytest.approx(22.0) and stats["p90_ms"] == pytest.approx(61.6)
+
+
+@pytest.fixture(scope="module")
+def matmul_onnx(tmp_path_factory):
+    """A two-op ONNX graph built by hand (no exporter involved): logits = x @ W + b."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path, w, b
+
+
+def test_local_transport_runs_bare_onnx_and_returns_outputs(matmul_onnx):
+    path, w, b = matmul_onnx
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    result = LocalTransport().run(path, runs=5, warmup=1, threads=1, batch=2, inputs=x)
+    np.testing.assert_allclose(result.outputs["logits"], x @ w + b, rtol=1e-5, atol=1e-6)
+    data = result.data
+    assert data["runtime"] == "onnxruntime" and data["runs"] == 5 and data["batch"] == 2
+    assert data["p50_ms"] > 0 and data["cpu_time_ms"] >= 0 and data["peak_rss_mb"] > 0
+    assert set(data["executed"]["compute_ops"]) <= {"MatMul", "Gemm", "FusedMatMul"}
+    assert executed_precision("onnx", data["executed"]) == "fp32"
+
+
+def test_openvino_ir_through_the_runner(matmul_onnx, tmp_path):
+    import openvino as ov
+
+    path, w, b = matmul_onnx
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "model.xml"), compress_to_fp16=False)
+    x = np.ones((3, 4), dtype=np.float32)
+    result = LocalTransport().run(tmp_path / "model.xml", runs=3, warmup=0, threads=1, batch=1, inputs=x)
+    np.testing.assert_allclose(next(iter(result.outputs.values())), x @ w + b, rtol=1e-5)
+    assert result.data["runtime"] == "openvino"
+    assert executed_precision("openvino", result.data["executed"]) == "fp32"
+
+
+def test_runner_reports_errors_as_json(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "missing.onnx"), "--runs", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "artifact not found" in json.loads(proc.stdout)["error"]
+    with pytest.raises(RunnerError, match="runner: .*artifact not found"):
+        LocalTransport().run(tmp_path / "missing.onnx", runs=1, warmup=0, threads=1, batch=1)
+
+
+def test_runner_does_not_import_torch(matmul_onnx):
+    path, _, _ = matmul_onnx
+    code = (f"import runpy, sys; sys.argv=['runner', {str(path)!r}, '--runs', '1'];\n"
+            f"try:\n    runpy.run_path({str(RUNNER)!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules or 'edgevit' in sys.modules else 'CLEAN')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip().endswith("CLEAN")
+
+
+def test_executed_precision_from_what_ran():
+    assert executed_precision("onnx", {"compute_ops": {"MatMulInteger": 3, "MatMul": 1}}) == "mixed(fp32,int8)"
+    assert executed_precision("onnx", {"compute_ops": {"MatMulNBits": 3}}) == "int4"
+    assert executed_precision("openvino", {"compute_ops": {"FullyConnected@bf16": 2}}) == "bf16"
+    assert executed_precision("openvino", {"compute_ops": {"FullyConnected@u8": 2}}) == "int8"
+    assert executed_precision("onnx", None) == "unknown"
