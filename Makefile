@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/edgevit compress --recipe int4_swin.yaml
 
 bench: $(STAMP)
-	$(BIN)/python -m edgevit.benchmark
+	$(BIN)/python -m edgevit.bench
 
 clean:
 	rm -rf $(VENV) out build dist *.egg-info

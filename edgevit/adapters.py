@@ -23,6 +23,8 @@ class BlockRef:
     name: str
     module: nn.Module
     stage: int  # 0 for plain ViTs; the Swin stage otherwise
+    tokens: int  # tokens the block sees at the model's input size (for FLOPs per head/channel)
+    attention_span: int  # keys each query attends to: all tokens (ViT) or the window area (Swin)
 
     @property
     def attention(self) -> nn.Module:
@@ -79,7 +81,9 @@ class VitAdapter(ModelAdapter):
         return isinstance(model, VisionTransformer)
 
     def blocks(self) -> list[BlockRef]:
-        return [BlockRef(f"blocks.{i}", b, 0) for i, b in enumerate(self.model.blocks)]
+        h, w = self.token_grid()
+        n = h * w + self.num_prefix_tokens
+        return [BlockRef(f"blocks.{i}", b, 0, n, n) for i, b in enumerate(self.model.blocks)]
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -102,11 +106,12 @@ class SwinAdapter(ModelAdapter):
         return isinstance(model, (SwinTransformer, SwinTransformerV2))
 
     def blocks(self) -> list[BlockRef]:
-        return [
-            BlockRef(f"layers.{s}.blocks.{i}", block, s)
-            for s, layer in enumerate(self.model.layers)
-            for i, block in enumerate(layer.blocks)
-        ]
+        refs = []
+        for s, layer in enumerate(self.model.layers):
+            h, w = self.token_grid(s)
+            for i, block in enumerate(layer.blocks):
+                refs.append(BlockRef(f"layers.{s}.blocks.{i}", block, s, h * w, block.attn.window_area))
+        return refs
 
     def token_grid(self, stage: int = 0) -> tuple[int, int]:
         h, w = self.model.patch_embed.grid_size

@@ -171,7 +171,8 @@ def _apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationS
     if not recipe.passes:
         return model, records, training
     teacher = copy.deepcopy(model).eval()
-    ctx = PassContext(seed=recipe.seed, input_size=input_size, teacher=teacher, calibration=calibration,
+    ctx = PassContext(seed=recipe.seed, input_size=input_size, data_config=loaded.data_config(), label_names=loaded.label_names,
+                      teacher=teacher, calibration=calibration,
                       train_data=opts.train_data, allow_synthetic_calibration=opts.allow_synthetic_calibration)
     for i, cfg in enumerate(recipe.passes):
         progress.step(f"pass {i + 1}/{len(recipe.passes)}: {cfg.kind}")

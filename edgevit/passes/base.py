@@ -43,6 +43,8 @@ class PassContext:
 
     seed: int
     input_size: tuple[int, int, int]
+    data_config: dict[str, Any] = field(default_factory=dict)  # timm preprocessing of the model
+    label_names: list[str] | None = None
     teacher: nn.Module | None = None  # the uncompressed model, for distillation
     calibration: Any = None  # edgevit.calibration.CalibrationSet
     train_data: Path | None = None

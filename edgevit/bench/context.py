@@ -1,0 +1,37 @@
+"""What a bench section gets, and the registry of sections."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgevit.bench.timing import load_average
+
+SECTIONS: dict[str, tuple[str, str, int, Callable[["BenchContext"], dict[str, Any]]]] = {}
+
+
+def section(name: str, title: str, description: str, cap_s: int):
+    def register(fn):
+        SECTIONS[name] = (title, description, cap_s, fn)
+        return fn
+
+    return register
+
+
+@dataclass
+class BenchContext:
+    shared: Path
+    work: Path
+    cap_s: int
+    started: float = field(default_factory=time.monotonic)
+    capped: bool = False
+    loads: list[float] = field(default_factory=list)
+
+    def over_cap(self) -> bool:
+        """True once the section's wall-time cap is spent; the section then stops adding rows."""
+        self.loads.append(load_average())
+        if time.monotonic() - self.started > self.cap_s:
+            self.capped = True
+        return self.capped

@@ -1,0 +1,5 @@
+"""Every bench section, registered on import (order = run order)."""
+from edgevit.bench import runtimes  # noqa: F401
+from edgevit.bench.context import SECTIONS, BenchContext
+
+__all__ = ["SECTIONS", "BenchContext"]

@@ -1,0 +1,115 @@
+"""The one fine-tuning loop every pass shares: seeded, wall-time capped, with progress.
+
+Default loss is distillation from the uncompressed model (the teacher): the compressed
+student matches the teacher's softened logits, so no labels are needed and the student
+learns what the user's model does, not a new task. ``loss: ce`` uses the folder labels.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from edgevit import progress
+from edgevit.data import ImageFolder, label_map, scan_image_folder
+from edgevit.schema import StrictModel
+
+
+class FinetuneConfig(StrictModel):
+    """The ``finetune:`` block of a pass."""
+
+    epochs: float = Field(1.0, gt=0, description="passes over the (sub-sampled) training images; fractions allowed")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(64, ge=1, le=4096)
+    loss: Literal["distill", "ce"] = "distill"
+    temperature: float = Field(1.0, gt=0)
+    max_images: int | None = Field(None, ge=1, description="seeded subset of --train-data per epoch")
+    max_minutes: float | None = Field(None, gt=0, description="wall-time cap; training stops there and says so")
+
+
+class _TrainSet(torch.utils.data.Dataset):
+    def __init__(self, samples, data_config: dict[str, Any]):
+        from edgevit.data import eval_transform
+
+        self.samples, self.transform = samples, eval_transform(data_config)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            x = self.transform(img.convert("RGB"))
+        return x, label
+
+
+def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | ImageFolder, data_config: dict[str, Any],
+             cfg: FinetuneConfig, seed: int, trainable: list[nn.Parameter] | None = None,
+             label_names: list[str] | None = None) -> dict[str, Any]:
+    """Train ``student`` in place; returns the record that goes into the pass record."""
+    folder = train_data if isinstance(train_data, ImageFolder) else scan_image_folder(train_data, "--train-data")
+    if cfg.loss == "distill" and teacher is None:
+        raise ValueError("distillation needs the teacher model")
+    torch.manual_seed(seed)
+    mapping, _ = label_map(folder.classes, label_names)
+    samples = tuple((path, mapping[label]) for path, label in folder.subset(cfg.max_images, seed))
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_TrainSet(samples, data_config), batch_size=cfg.batch_size, shuffle=True,
+                                         generator=gen, drop_last=len(samples) > cfg.batch_size)
+    params = trainable if trainable is not None else [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = max(1, math.ceil(cfg.epochs * len(loader)))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01)
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    if teacher is not None:
+        teacher.eval()
+    student.train()
+    steps, losses, started, stopped_by = 0, [], time.monotonic(), "epochs"
+    with progress.progress(f"fine-tuning ({cfg.loss})", total_steps) as advance:
+        while steps < total_steps:
+            for x, y in loader:
+                if steps >= total_steps:
+                    break
+                if time.monotonic() > deadline:
+                    stopped_by = "max_minutes"
+                    break
+                loss = _loss(student, teacher, x, y, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                schedule.step()
+                losses.append(float(loss))
+                steps += 1
+                advance(1)
+            if stopped_by != "epochs":
+                break
+    student.eval()
+    window = max(1, min(20, len(losses) // 4))
+    return {
+        "loss": cfg.loss, "steps": steps, "epochs": steps / max(1, len(loader)), "images_per_epoch": len(samples),
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "augmentation": "none (evaluation preprocessing)", "wall_s": round(time.monotonic() - started, 2),
+        "stopped_by": stopped_by, "train_data": str(folder.root), "seed": seed, "threads": torch.get_num_threads(),
+        "loss_first": sum(losses[:window]) / window if losses else None,
+        "loss_last": sum(losses[-window:]) / window if losses else None,
+        "reproducible": torch.get_num_threads() == 1,  # multi-threaded reductions may differ run to run
+    }
+
+
+def _loss(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
+    logits = student(x)
+    if cfg.loss == "ce":
+        return F.cross_entropy(logits, y)
+    with torch.no_grad():
+        target = teacher(x)
+    t = cfg.temperature
+    return F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(target / t, -1), log_target=True, reduction="batchmean") * t * t
