@@ -110,7 +110,8 @@ class SwinAdapter(ModelAdapter):
         for s, layer in enumerate(self.model.layers):
             h, w = self.token_grid(s)
             for i, block in enumerate(layer.blocks):
-                refs.append(BlockRef(f"layers.{s}.blocks.{i}", block, s, h * w, block.attn.window_area))
+                wh, ww = block.attn.window_size  # v1 and v2 both keep (Wh, Ww) on the attention module
+                refs.append(BlockRef(f"layers.{s}.blocks.{i}", block, s, h * w, int(wh) * int(ww)))
         return refs
 
     def token_grid(self, stage: int = 0) -> tuple[int, int]:

@@ -2,8 +2,7 @@
 
 Everything here keeps the module classes timm built (timm's own forward keeps running);
 only tensor shapes and the head-count attributes change. Each attention class has one
-entry in HEAD_SURGERY listing its per-head tensors, so Swin v2 or a new family is one
-more entry, not a new code path.
+entry in _head_surgery() slicing its per-head tensors, so a new family is one more entry.
 """
 from __future__ import annotations
 
@@ -70,27 +69,18 @@ def _prune_swin_attention(attn: nn.Module, keep: list[int]) -> None:
     attn.num_heads = len(keep)
 
 
-def _prune_swinv2_attention(attn: nn.Module, keep: list[int]) -> None:
-    hd, total = _head_dim(attn), attn.num_heads
-    attn.qkv = slice_linear(attn.qkv, out_idx=head_rows(keep, hd, 3, total))
-    cols = head_rows(keep, hd, 1, total)
-    attn.proj = slice_linear(attn.proj, in_idx=cols)
-    for name in ("q_bias", "v_bias"):
-        if getattr(attn, name, None) is not None:
-            setattr(attn, name, _slice_param(getattr(attn, name), cols, 0))
-    if getattr(attn, "k_bias", None) is not None and isinstance(attn.k_bias, torch.Tensor):
-        attn.register_buffer("k_bias", attn.k_bias[torch.as_tensor(cols)].clone(), persistent=False)
-    attn.logit_scale = _slice_param(attn.logit_scale, keep, 0)
-    attn.cpb_mlp[-1] = slice_linear(attn.cpb_mlp[-1], out_idx=keep)
-    attn.num_heads = len(keep)
-
-
 def _head_surgery() -> dict[type, Callable[[nn.Module, list[int]], None]]:
     from timm.layers import Attention
     from timm.models.swin_transformer import WindowAttention
-    from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 
-    return {Attention: _prune_vit_attention, WindowAttention: _prune_swin_attention, WindowAttentionV2: _prune_swinv2_attention}
+    # Swin v2's WindowAttention reshapes its output to the input width (attn_dim == dim is
+    # baked into timm's forward), so its heads cannot be removed without rewriting that
+    # forward; v2 gets MLP-channel pruning only.
+    return {Attention: _prune_vit_attention, WindowAttention: _prune_swin_attention}
+
+
+def can_prune_heads(attn: nn.Module) -> bool:
+    return type(attn) in _head_surgery()
 
 
 def prune_heads(attn: nn.Module, keep: Sequence[int]) -> None:
@@ -100,7 +90,7 @@ def prune_heads(attn: nn.Module, keep: Sequence[int]) -> None:
     surgery = _head_surgery().get(type(attn))
     if surgery is None:
         raise ModelError(f"{type(attn).__name__}: head pruning is not supported for this attention module",
-                         "supported: timm Attention (ViT/DeiT), Swin v1/v2 WindowAttention")
+                         "supported: timm Attention (ViT/DeiT) and Swin v1 WindowAttention")
     surgery(attn, keep)
 
 

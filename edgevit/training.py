@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -54,7 +55,7 @@ class _TrainSet(torch.utils.data.Dataset):
 
 def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | ImageFolder, data_config: dict[str, Any],
              cfg: FinetuneConfig, seed: int, trainable: list[nn.Parameter] | None = None,
-             label_names: list[str] | None = None) -> dict[str, Any]:
+             label_names: list[str] | None = None, after_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``student`` in place; returns the record that goes into the pass record."""
     folder = train_data if isinstance(train_data, ImageFolder) else scan_image_folder(train_data, "--train-data")
     if cfg.loss == "distill" and teacher is None:
@@ -88,7 +89,9 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | I
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
-                losses.append(float(loss))
+                if after_step is not None:
+                    after_step()
+                losses.append(loss.item())
                 steps += 1
                 advance(1)
             if stopped_by != "epochs":

@@ -1,4 +1,5 @@
 """Compression passes. Each pass module registers itself in ``base.PASS_REGISTRY``."""
+from edgevit.passes import prune as _prune  # noqa: F401  (registers kind: prune)
 from edgevit.passes.base import PASS_REGISTRY, Pass, PassConfig, PassContext, PassRecord, register_pass
 
 __all__ = ["PASS_REGISTRY", "Pass", "PassConfig", "PassContext", "PassRecord", "register_pass"]
