@@ -5,13 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from edgevit.bench.context import BenchContext, section
-from edgevit.bench.timing import interleaved, summary
-from edgevit.models import load_model_folder
+from edgevit.bench.variants import artifact_variants, time_variants
 from edgevit.pipeline import CompressOptions, compress
-from edgevit.profiling import runner_module
 
 TIMM_MODELS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "swin_tiny_patch4_window7_224"]
 REFERENCE_MODELS = ["vit_tiny_c10", "swin_tiny_c10"]
@@ -22,35 +18,6 @@ exports: [x86-onnxruntime, x86-openvino]
 evaluation: {batch_size: 250}
 profile: {runs: 10, warmup: 2, threads: 2}
 """
-RUNTIMES = {"onnxruntime": "x86-onnxruntime", "openvino": "x86-openvino"}
-
-
-def _variants(run_dir: Path, threads: int) -> dict[str, Any]:
-    """Callables running one batch-1 inference in PyTorch eager and in each artifact."""
-    model = load_model_folder(run_dir / "model").model
-    size = json.loads((run_dir / "report.json").read_text())["model"]["input_size"]
-    x = torch.randn(1, *size)
-    runner = runner_module()
-
-    def eager():
-        with torch.no_grad():
-            model(x)
-
-    fns = {"pytorch eager": eager}
-    for runtime, profile in RUNTIMES.items():
-        session = runner.open_artifact(str(run_dir / "artifacts" / profile), threads)
-        feeds = {session.inputs[0][0]: x.numpy()}
-        fns[runtime] = (lambda s=session, f=feeds: s.run(f))
-    return fns
-
-
-def _time_model(run_dir: Path, rounds: int, per_round: int) -> dict[str, Any]:
-    torch.set_num_threads(2)
-    wall = interleaved(_variants(run_dir, threads=2), rounds, per_round)
-    torch.set_num_threads(1)
-    cpu = interleaved(_variants(run_dir, threads=1), rounds, per_round, cpu_time=True)
-    torch.set_num_threads(2)
-    return {name: {"wall_2t": summary(wall[name].wall_ms), "cpu_1t": summary(cpu[name].cpu_ms)} for name in wall}
 
 
 @section("runtimes", "fp32 runtimes: PyTorch eager vs ONNX Runtime vs OpenVINO",
@@ -75,7 +42,7 @@ def runtimes_section(ctx: BenchContext) -> dict[str, Any]:
                                            data=eval_data if eval_data and eval_data.is_dir() else None, force=True))
         report = json.loads((run_dir / "report.json").read_text())
         heavy = "small" in name or "swin_tiny_patch4" in name
-        timing = _time_model(run_dir, rounds=5, per_round=4 if heavy else 10)
+        timing = time_variants(lambda t, d=run_dir: artifact_variants(d, t), rounds=5, per_round=4 if heavy else 10)
         results[name] = {"timing": timing, "accuracy": report["accuracy"], "input_size": report["model"]["input_size"],
                          "checks": {a["name"]: a["check"] for a in report["artifacts"]}}
         if report["accuracy"]:

@@ -2,6 +2,7 @@
 that other exporters (OpenVINO) convert from."""
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -16,12 +17,20 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GB cap, with margin: above it, external data
 
 
-def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int) -> Path:
-    """fp32 ONNX with a dynamic batch axis, exported once per opset per run."""
-    key = f"onnx-fp32-opset{opset}"
+def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int, forms: dict[str, str] | None = None) -> Path:
+    """fp32 ONNX with a dynamic batch axis, exported once per (opset, export forms) per run.
+
+    ``forms`` picks each pass's export form for the target (e.g. {"tome": "onehot"} for
+    TensorRT, which lacks ScatterElements with reduction before version 10)."""
+    forms = dict(forms or {})
+    key = f"onnx-fp32-opset{opset}-{json.dumps(forms, sort_keys=True)}"
     if key in ctx.cache:
         return ctx.cache[key]
     import tempfile
+
+    from edgevit.passes.token_patch import set_merge_form
+
+    set_merge_form(model, forms.get("tome", "scatter"))
 
     out = Path(tempfile.mkdtemp(prefix="edgevit-onnx-")) / "model.onnx"
     # Batch 2 in the example: torch.export specialises a size-1 dimension to a constant.
@@ -75,7 +84,7 @@ class OnnxExporter:
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
-        graph = export_onnx_graph(model, ctx, profile.opset)
+        graph = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for src in sorted(graph.parent.iterdir()):  # model.onnx (+ external data if any)

@@ -23,7 +23,7 @@ class OpenvinoExporter:
         check_plan_supported(plan, profile)
         import openvino as ov
 
-        graph = export_onnx_graph(model, ctx, profile.opset)
+        graph = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             ov_model = ov.convert_model(str(graph))
