@@ -66,13 +66,17 @@ def render_markdown(report: dict[str, Any]) -> str:
               "| target | runtime | threads | batch | runs | p50 ms | p90 ms | p99 ms | mean ms | CPU ms/inference | load avg (before, after) | where run |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in report["profile"].items():
+        if p.get("where_run") == "not run":
+            lines.append(f"| {name} | {p['runtime']} | - | - | - | - | - | - | - | - | - | not run: {p['reason']} |")
+            continue
         load = ", ".join(_fmt(v) for v in (p.get("load_avg") or []))
         lines.append(
             f"| {name} | {p['runtime']} {p['runtime_version']} | {p['threads']} | {p['batch']} | {p['runs']} | {_fmt(p['p50_ms'])} "
             f"| {_fmt(p['p90_ms'])} | {_fmt(p['p99_ms'])} | {_fmt(p['mean_ms'])} | {_fmt(p['cpu_time_ms'])} | {load} | {p['where_run']} |"
         )
-    if report["profile"]:
-        lines += ["", f"Device: {next(iter(report['profile'].values()))['device']}"]
+    devices = {p["device"] for p in report["profile"].values() if p.get("device")}
+    if devices:
+        lines += ["", f"Device: {', '.join(sorted(devices))}"]
     lines += ["", "## Check thresholds (edgevit.evaluation.CHECK_THRESHOLDS)", "", "| precision | thresholds |", "|---|---|"]
     for precision, t in report["thresholds"].items():
         lines.append(f"| {precision} | {t} |")

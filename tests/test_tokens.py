@@ -141,3 +141,21 @@ def test_shipped_token_recipes_end_to_end(cli, tmp_path, images, recipe):
     assert report["passes"][0]["kind"] == recipe.split("_")[0] and report["flops"]["after"] < report["flops"]["before"]
     assert all(a["check"]["passed"] for a in report["artifacts"]) and len(report["artifacts"]) == 2
     assert "training-free" in report["passes"][0]["notes"][0]
+
+
+def test_tensorrt_profile_selects_onehot_merge_and_is_checked_not_timed(cli, write_recipe, tmp_path):
+    import onnx
+
+    recipe = write_recipe("name: t\nmodel: {name: test_vit}\npasses: [{kind: tome, r: 8}]\n"
+                          "exports: [jetson-orin-tensorrt, x86-onnxruntime]\nprofile: {runs: 3, warmup: 1}\n")
+    out = tmp_path / "run"
+    result = cli("compress", "--recipe", recipe, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    trt, ort_artifact = report["artifacts"]
+    assert trt["check"]["passed"] and "stand-in" in trt["where_run"] and trt["executed_precision"] == "not run here"
+    assert report["profile"]["jetson-orin-tensorrt"]["where_run"] == "not run"
+    assert report["profile"]["x86-onnxruntime"]["p50_ms"] > 0
+    trt_ops = {n.op_type for n in onnx.load(str(out / trt["path"] / "model.onnx")).graph.node}
+    ort_ops = {n.op_type for n in onnx.load(str(out / ort_artifact["path"] / "model.onnx")).graph.node}
+    assert "ScatterElements" not in trt_ops and "ScatterElements" in ort_ops

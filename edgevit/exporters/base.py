@@ -37,6 +37,8 @@ class TargetProfile(StrictModel):
     session_options: dict[str, Any] = Field(default_factory=dict, description="passed to the runtime by the runner")
     avoid_ops: list[str] = []
     export_forms: dict[str, str] = Field(default_factory=dict, description="per pass kind, the export form to use")
+    local_standin: Literal["onnxruntime"] | None = Field(
+        None, description="for a runtime absent here (TensorRT): the local runtime that checks the same graph; nothing is timed")
 
 
 def load_profile(name_or_path: str) -> TargetProfile:
@@ -50,6 +52,11 @@ def load_profile(name_or_path: str) -> TargetProfile:
         profile = TargetProfile.model_validate(load_yaml(path))
     except ValidationError as exc:
         raise RecipeError(f"{path}: {first_error(exc, TargetProfile)}") from None
+    from edgevit.profiling.transport import LOCAL_RUNTIMES
+
+    if profile.runtime not in LOCAL_RUNTIMES and profile.local_standin is None:
+        raise RecipeError(f"{path}: runtime '{profile.runtime}' cannot run here and no local_standin is set",
+                          "set local_standin: onnxruntime so the exported graph is at least checked")
     if profile.format not in EXPORTERS:
         raise RecipeError(f"{path}: format: no exporter for '{profile.format}'" + did_you_mean(profile.format, EXPORTERS), f"known: {', '.join(sorted(EXPORTERS))}")
     return profile

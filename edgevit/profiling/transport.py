@@ -19,6 +19,7 @@ from edgevit import resources
 from edgevit.errors import EdgevitError, RunnerError
 
 RUNNER_TIMEOUT_S = 1800
+LOCAL_RUNTIMES = frozenset({"onnxruntime", "openvino"})  # what runtimes/runner.py executes on this machine
 
 
 @dataclass
