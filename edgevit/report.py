@@ -23,6 +23,17 @@ def _mega(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.2f} M"
 
 
+def _bit_chart(bits: dict[str, int], relevance: dict[str, float]) -> list[str]:
+    """Per-layer bits with the LRP relevance that chose them, as a text bar chart."""
+    top = max(relevance.values(), default=0.0) or 1.0
+    lines = ["", "  | layer | bits | LRP relevance |", "  |---|---|---|"]
+    for name, b in bits.items():
+        r = relevance.get(name)
+        bar = "#" * max(1, round(20 * r / top)) if r is not None else ""
+        lines.append(f"  | {name} | {b} | {'' if r is None else f'{r:.4f} '}`{bar}` |")
+    return lines + [""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m, r = report["model"], report["recipe"]
     lines = [
@@ -41,8 +52,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not report["passes"]:
         lines.append("none (the model is exported as loaded)")
     for p in report["passes"]:
-        trained = "training-free" if not p.get("training") else f"fine-tuned {p['training']}"
-        lines.append(f"- `{p['kind']}`: {p.get('metrics', {})} ({trained})")
+        t = p.get("training")
+        trained = "training-free" if not t else (
+            f"fine-tuned {t['epochs']:.2f} epoch(s) x {t['images_per_epoch']} images, {t['wall_s']:.0f} s, "
+            f"{t['loss']} loss {t['loss_first']:.4f} -> {t['loss_last']:.4f}, stopped by {t['stopped_by']}")
+        scalars = {k: v for k, v in p.get("metrics", {}).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        shown = ", ".join(f"{k} {_sig(v) if isinstance(v, float) else v}" for k, v in scalars.items())
+        lines.append(f"- `{p['kind']}` ({trained}): {shown}")
+        for note in p.get("notes", []):
+            lines.append(f"  - {note}")
+        bits = p.get("metrics", {}).get("bits_per_layer")
+        if bits:
+            lines += _bit_chart(bits, p["metrics"].get("relevance") or {})
     lines += ["", "## Artifacts and numerical checks", "",
               "| target | format | precision | executed | size | check | value | threshold | passed | where run |",
               "|---|---|---|---|---|---|---|---|---|---|"]

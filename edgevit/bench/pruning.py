@@ -20,7 +20,7 @@ REFERENCE_MODELS = ["vit_tiny_c10", "swin_tiny_c10"]
 LATENCY_MODELS = ["swin_tiny_patch4_window7_224", "deit_small_patch16_224"]
 LEVELS = [0.3, 0.5]
 METHODS = {"DIMAP (cost-aware)": {"method": "dimap"}, "L1, one global ranking": {"method": "l1"}}
-FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 10000}
+FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 5000}
 LATENCY_RECIPE = """\
 name: bench_prune
 exports: [x86-onnxruntime, x86-openvino]

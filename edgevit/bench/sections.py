@@ -1,5 +1,6 @@
 """Every bench section, registered on import (order = run order)."""
 from edgevit.bench import runtimes  # noqa: F401  (order = run order)
+from edgevit.bench import tokens  # noqa: F401
 from edgevit.bench import pruning  # noqa: F401
 from edgevit.bench.context import SECTIONS, BenchContext
 

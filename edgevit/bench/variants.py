@@ -14,11 +14,11 @@ from edgevit.profiling import runner_module
 RUNTIMES = {"onnxruntime": "x86-onnxruntime", "openvino": "x86-openvino"}
 
 
-def artifact_variants(run_dir: Path, threads: int, prefix: str = "", eager: bool = True) -> dict[str, Any]:
-    """Callables running one batch-1 inference of a compress run: PyTorch eager (from its
-    saved model/) and each of its artifacts, through the device runner's loader."""
+def artifact_variants(run_dir: Path, threads: int, prefix: str = "", eager: bool = True, batch: int = 1) -> dict[str, Any]:
+    """Callables running one inference of a compress run: PyTorch eager (from its saved
+    model/) and each of its artifacts, through the device runner's loader."""
     size = json.loads((run_dir / "report.json").read_text())["model"]["input_size"]
-    x = torch.randn(1, *size)
+    x = torch.randn(batch, *size)
     fns = {}
     if eager:
         model = load_model_folder(run_dir / "model").model

@@ -68,15 +68,32 @@ class LoweringPlan:
 
     default_precision: str = "fp32"
     layer_precision: dict[str, str] = field(default_factory=dict)
+    int4_block: dict[str, int] = field(default_factory=dict)
+    activations: str = "fp32"
     pass_records: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> "LoweringPlan":
+        plan = cls(pass_records=records)
+        for record in records:
+            if record["kind"] == "quantize":
+                plan.layer_precision.update(record["structure"]["layer_precision"])
+                plan.int4_block.update(record["structure"]["int4_block"])
+                plan.activations = record["structure"]["activations"]
+        return plan
+
+    @property
+    def quantized(self) -> bool:
+        return any(p in ("int8", "int4") for p in self.layer_precision.values())
 
     def precisions(self) -> set[str]:
         return {self.default_precision, *self.layer_precision.values()}
 
     @property
     def summary_precision(self) -> str:
-        found = self.precisions()
-        return found.pop() if len(found) == 1 else "mixed"
+        """The precision whose check thresholds apply: the planned low precision, or fp32."""
+        low = {p for p in self.layer_precision.values() if p != self.default_precision}
+        return low.pop() if len(low) == 1 else ("mixed" if low else self.default_precision)
 
 
 @dataclass

@@ -58,6 +58,29 @@ def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int, forms: d
     return out
 
 
+def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext, opset: int,
+                       forms: dict[str, str] | None = None) -> Path:
+    """The fp32 graph with the plan's quantized layers lowered (QDQ int8, blocked int4)."""
+    if any(p == "int4" for p in plan.layer_precision.values()):
+        opset = max(opset, 21)  # blocked int4 DequantizeLinear exists from opset 21
+    graph = export_onnx_graph(model, ctx, opset, forms)
+    if not plan.quantized:
+        return graph
+    key = f"{graph}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    from edgevit.exporters.quantize_onnx import quantize_graph
+
+    out = graph.parent / f"lowered-{len([k for k in ctx.cache if 'lowered' in k])}" / "model.onnx"
+    out.parent.mkdir()
+    calibration = None
+    if any(p == "int8" for p in plan.layer_precision.values()):
+        calibration = ctx.calibration.images(ctx.preprocessing).numpy()
+    quantize_graph(graph, out, plan.layer_precision, plan.int4_block, calibration, INPUT_NAME)
+    ctx.cache[key] = out
+    return out
+
+
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     import onnx
     from onnx import helper
@@ -84,7 +107,7 @@ class OnnxExporter:
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
-        graph = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
+        graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for src in sorted(graph.parent.iterdir()):  # model.onnx (+ external data if any)

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgevit.errors import ExportError
 from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
-from edgevit.exporters.onnx import export_onnx_graph, onnx_io
+from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on AVX-512 BF16 machines unless told
 # otherwise; the hint follows the precision the plan asked for.
@@ -23,7 +23,7 @@ class OpenvinoExporter:
         check_plan_supported(plan, profile)
         import openvino as ov
 
-        graph = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
+        graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             ov_model = ov.convert_model(str(graph))
@@ -34,9 +34,8 @@ class OpenvinoExporter:
             raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
         inputs, outputs = onnx_io(graph)
         config = dict(profile.session_options.get("config", {}))
-        hint = INFERENCE_HINT.get(plan.summary_precision)
-        if hint:
-            config["INFERENCE_PRECISION_HINT"] = hint
+        # quantized plans keep their float parts at f32 too: only the planned layers change
+        config["INFERENCE_PRECISION_HINT"] = INFERENCE_HINT.get(plan.summary_precision, "f32")
         options = {**profile.session_options, "config": config}
         return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.xml", ["model.xml", "model.bin"], inputs, outputs, options)).write()
 

@@ -43,6 +43,7 @@ class PruneConfig(PassConfig):
     modules: list[Module] = Field(default_factory=lambda: ["attention", "mlp"])
     min_heads: int = Field(1, ge=1, description="heads every block keeps")
     min_mlp_ratio: float = Field(0.05, gt=0, le=1, description="share of MLP channels every block keeps")
+    channel_multiple: int = Field(16, ge=1, description="kept MLP channels rounded to a multiple (int4 blocks, SIMD widths)")
     finetune: FinetuneConfig | None = None
 
     @model_validator(mode="after")
@@ -196,11 +197,12 @@ class PrunePass:
         blocks = adapter.blocks()
         units = _units(blocks, cfg)
         removed, solve = _plan(units, blocks, cfg, total)
+        units_by_key = {(u.module, u.block, u.index): u for u in units}
         per_block = []
         for b, ref in enumerate(blocks):
             heads, hidden = ref.attention.num_heads, ref.mlp.fc1.out_features
             keep_h = [h for h in range(heads) if ("attention", b, h) not in removed]
-            keep_c = [c for c in range(hidden) if ("mlp", b, c) not in removed]
+            keep_c = _round_channels(ref, b, hidden, removed, units_by_key, cfg.channel_multiple)
             if len(keep_h) < heads:
                 prune_heads(ref.attention, keep_h)
             if len(keep_c) < hidden:
@@ -253,6 +255,22 @@ class PrunePass:
             if spec["mlp_hidden"] < ref.mlp.fc1.out_features:
                 prune_mlp(ref.mlp, range(spec["mlp_hidden"]))
         return model
+
+
+def _round_channels(ref: BlockRef, b: int, hidden: int, removed: set, units: dict, multiple: int) -> list[int]:
+    """Kept MLP channels, their count rounded to the nearest multiple (never to zero): the
+    best-scoring removed channels come back, or the worst kept ones go."""
+    keep = [c for c in range(hidden) if ("mlp", b, c) not in removed]
+    if multiple <= 1 or len(keep) == hidden or hidden % multiple:
+        return keep
+    target = max(multiple, int(round(len(keep) / multiple)) * multiple)
+    score = lambda c: units[("mlp", b, c)].score if ("mlp", b, c) in units else float("inf")
+    if target > len(keep):
+        back = sorted((c for c in range(hidden) if ("mlp", b, c) in removed), key=score, reverse=True)
+        keep += back[: target - len(keep)]
+    else:
+        keep = sorted(keep, key=score, reverse=True)[:target]
+    return sorted(keep)
 
 
 def _two_four(scores: torch.Tensor) -> torch.Tensor:

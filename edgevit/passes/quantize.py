@@ -1,0 +1,126 @@
+"""`kind: quantize` — per-layer weight precision from LRP relevance (or uniform), int8
+static activations, lowered to each runtime's real integer kernels by the exporters.
+
+The pass itself keeps the PyTorch model in fp32 (after the function-preserving RepQ
+reparameterisation); it decides and records the precision of every governed Linear. The
+exporters lower that plan (ONNX: QDQ int8 + blocked int4 DequantizeLinear; OpenVINO: the
+same graph imported), and the runner reads back which kernels really ran.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from edgevit.errors import EdgevitError
+from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
+from edgevit.passes.lrp import linear_relevance
+from edgevit.passes.quant_alloc import NOMINAL_BITS, Layer, allocate, int4_block, quant_error
+from edgevit.passes.repq import reparameterize
+from edgevit.schema import StrictModel
+
+Precision = Literal["int4", "int8", "fp32"]
+
+
+class Budget(StrictModel):
+    avg_weight_bits: float | None = Field(None, gt=0, description="mean nominal bits per governed weight (4 = all int4)")
+    size_mb: float | None = Field(None, gt=0, description="size of the governed weights in MB (1e6 bytes, nominal bits)")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Budget":
+        if (self.avg_weight_bits is None) == (self.size_mb is None):
+            raise ValueError("give exactly one of avg_weight_bits, size_mb")
+        return self
+
+
+class QuantizeConfig(PassConfig):
+    kind: Literal["quantize"] = "quantize"
+    method: Literal["lrp", "uniform"] = "lrp"
+    weights: Precision = Field("int8", description="uniform: the precision of every governed layer")
+    candidates: list[Precision] = Field(default_factory=lambda: ["int4", "int8"], description="lrp: precisions to choose from")
+    budget: Budget | None = Field(None, description="lrp: the bit budget")
+    activations: Literal["int8", "fp32"] = Field("int8", description="int8: static per-tensor (layers at int8 weights)")
+    int4_block: int = Field(32, ge=8, description="int4 block along the input; smaller where the width needs it")
+    repq: bool = Field(True, description="RepQ-style post-LayerNorm channel reparameterisation")
+    repq_strength: float = Field(0.5, ge=0, le=1)
+    keep_fp32: list[str] = Field(default_factory=list, description="module names kept fp32 (the classifier always is)")
+    relevance_images: int = Field(32, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "QuantizeConfig":
+        if self.method == "lrp" and self.budget is None:
+            raise ValueError("method lrp needs a budget ({avg_weight_bits: ...} or {size_mb: ...})")
+        return self
+
+
+def governed_layers(model: nn.Module, keep_fp32: list[str]) -> dict[str, nn.Linear]:
+    """Every Linear except the classifier and the user's exclusions."""
+    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head"))
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not name.startswith(classifier) and name not in keep_fp32}
+
+
+@register_pass
+class QuantizePass:
+    kind = "quantize"
+    config_type = QuantizeConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def apply(self, model: nn.Module, cfg: QuantizeConfig, ctx: PassContext) -> tuple[nn.Module, PassRecord]:
+        notes: list[str] = []
+        needs_data = cfg.method == "lrp" or cfg.activations == "int8"
+        images = None
+        if needs_data:
+            ctx.calibration.require_real(ctx.allow_synthetic_calibration, "quantize (LRP relevance / static activations)")
+            if ctx.calibration.synthetic:
+                notes.append("calibrated on synthetic images (explicitly allowed): accuracy figures are not meaningful")
+            images = ctx.calibration.images(ctx.data_config)
+        repq = reparameterize(model, images, cfg.repq_strength) if cfg.repq and cfg.activations == "int8" else {}
+        layers = governed_layers(model, cfg.keep_fp32)
+        blocks = {name: int4_block(m.in_features, cfg.int4_block) for name, m in layers.items()}
+        no_int4 = [n for n, b in blocks.items() if b is None]
+        if no_int4 and ("int4" in cfg.candidates or cfg.weights == "int4"):
+            notes.append(f"{len(no_int4)} layer(s) have an input width no int4 block (>= 16) divides: kept at int8 "
+                         f"(e.g. {no_int4[0]}, width {layers[no_int4[0]].in_features})")
+        if cfg.method == "uniform":
+            precision = {n: "int8" if cfg.weights == "int4" and blocks[n] is None else cfg.weights for n in layers}
+            total = sum(m.weight.numel() for m in layers.values())
+            scores = {}
+            solution = {"avg_bits": sum(layers[n].weight.numel() * NOMINAL_BITS[p] for n, p in precision.items()) / total}
+        else:
+            scores = linear_relevance(model, images[: cfg.relevance_images], layers)
+            solution = self._allocate(layers, scores, blocks, cfg)
+            precision = solution.pop("precision")
+        weights = sum(m.weight.numel() for m in layers.values())
+        structure = {
+            "layer_precision": precision,
+            "int4_block": {n: b for n, b in blocks.items() if precision[n] == "int4"},
+            "activations": cfg.activations,
+        }
+        metrics = {
+            "method": cfg.method, "governed_layers": len(layers), "governed_weights": weights,
+            "avg_weight_bits": solution["avg_bits"],
+            "nominal_weight_mb": sum(layers[n].weight.numel() * NOMINAL_BITS[p] for n, p in precision.items()) / 8e6,
+            "relevance": scores, "allocation": solution,
+            "bits_per_layer": {n: NOMINAL_BITS[p] for n, p in precision.items()},
+            "repq": repq,
+        }
+        notes.append("weights quantized by the runtimes' own kernels at export; the PyTorch model stays fp32")
+        return model, PassRecord(kind=self.kind, config=cfg.model_dump(mode="json"), structure=structure,
+                                 metrics=metrics, notes=notes)
+
+    @staticmethod
+    def _allocate(layers: dict[str, nn.Linear], scores: dict[str, float], blocks: dict[str, int], cfg: QuantizeConfig) -> dict[str, Any]:
+        items = [Layer(n, m.weight.numel(), scores[n],
+                       {p: quant_error(m.weight, p, blocks[n]) for p in cfg.candidates if p != "int4" or blocks[n]})
+                 for n, m in layers.items()]
+        total = sum(i.numel for i in items)
+        budget = cfg.budget.avg_weight_bits * total if cfg.budget.avg_weight_bits else cfg.budget.size_mb * 8e6
+        try:
+            return allocate(items, cfg.candidates, budget)
+        except ValueError as exc:
+            raise EdgevitError(f"quantize: {exc}", "raise the budget or add a cheaper candidate") from None
+
+    def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
+        return model  # RepQ changed weights only (saved in the safetensors); shapes are unchanged

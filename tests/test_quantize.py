@@ -1,0 +1,101 @@
+"""kind: quantize — LRP relevance, allocation, RepQ, and lowering to real int8/int4 kernels."""
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_SWIN, VIT_C10, needs_shared, write_images
+from edgevit.models import load_model
+from edgevit.passes.lrp import linear_relevance, lrp_rules
+from edgevit.passes.quant_alloc import Layer, allocate, int4_block, quant_error
+from edgevit.passes.quantize import QuantizeConfig, governed_layers
+from edgevit.passes.repq import reparameterize
+
+
+def test_lrp_rules_keep_the_forward_and_scores_normalise():
+    model = load_model(TINY_SWIN[0], model_args=TINY_SWIN[1]).model
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with lrp_rules(model):
+            torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+    layers = governed_layers(model, [])
+    assert "head.fc" not in layers and "layers.0.blocks.0.attn.qkv" in layers
+    scores = linear_relevance(model, x, layers)
+    assert sum(scores.values()) == pytest.approx(1.0) and all(v > 0 for v in scores.values())
+    with torch.no_grad():
+        model.layers[1].blocks[0].mlp.fc2.weight.zero_()
+    assert linear_relevance(model, x, layers)["layers.1.blocks.0.mlp.fc2"] == 0.0
+
+
+def test_allocation_respects_budget_and_reports_gap():
+    layers = [Layer("a", 100, 0.5, {"int4": 0.01, "int8": 1e-4}), Layer("b", 100, 0.1, {"int4": 0.01, "int8": 1e-4}),
+              Layer("c", 200, 0.4, {"int4": 0.02, "int8": 2e-4}), Layer("d", 100, 0.2, {"int8": 1e-4})]  # d: no int4 block
+    for bits in (5.0, 6.0, 7.0):
+        result = allocate(layers, ["int4", "int8"], bits * 500)
+        assert result["avg_bits"] <= bits and result["precision"]["d"] == "int8"
+        assert result["optimality_gap"] >= 0 and result["lp_lower_bound"] <= result["objective"]
+    assert allocate(layers, ["int4", "int8"], 8 * 500)["precision"] == dict.fromkeys("abcd", "int8")
+    with pytest.raises(ValueError, match="below the cheapest"):
+        allocate(layers, ["int4", "int8"], 3 * 500)
+
+
+def test_int4_blocks_and_errors():
+    assert int4_block(384, 32) == 32 and int4_block(48, 32) == 16 and int4_block(635, 32) is None
+    w = torch.randn(64, 64)
+    assert 0 < quant_error(w, "int8", 32) < quant_error(w, "int4", 32) < 0.05 and quant_error(w, "fp32", 32) == 0
+
+
+def test_repq_preserves_the_function():
+    model = load_model("test_vit").model
+    x = torch.randn(6, 3, 160, 160)
+    with torch.no_grad():
+        before = model(x)
+    summary = reparameterize(model, x, strength=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+    assert all(v["range_spread_after"] <= v["range_spread_before"] + 1e-6 for v in summary.values())
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="needs a budget"):
+        QuantizeConfig(method="lrp")
+    with pytest.raises(ValueError, match="exactly one"):
+        QuantizeConfig(budget={"avg_weight_bits": 4.5, "size_mb": 2})
+
+
+def _compress(cli, write_recipe, tmp_path, passes: str, model: str = "test_vit", args=None, extra=()):
+    recipe = write_recipe(f"name: q\nmodel: {{name: {model}, model_args: {json.dumps(args or {})}}}\npasses: {passes}\n"
+                          "exports: [x86-onnxruntime, x86-openvino]\nevaluation: {check_batch: 8}\nprofile: {runs: 3, warmup: 1}\n")
+    out = tmp_path / "run"
+    result = cli("compress", "--recipe", recipe, "--out", out, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text())
+
+
+def test_uniform_int8_runs_integer_kernels_in_both_runtimes(cli, write_recipe, tmp_path):
+    report = _compress(cli, write_recipe, tmp_path, "[{kind: quantize, method: uniform, weights: int8}]")
+    for artifact in report["artifacts"]:
+        assert artifact["precision"] == "int8" and "int8" in artifact["executed_precision"], artifact
+        assert artifact["check"]["passed"] and artifact["check"]["metric"] == "sqnr+agreement"
+    assert "synthetic" in " ".join(report["passes"][0]["notes"])  # random weights: noise calibration, said so
+
+
+def test_lrp_mixed_int4_int8_on_swin(cli, write_recipe, tmp_path):
+    calib = write_images(tmp_path / "calib", per_class=8, size=32)
+    report = _compress(cli, write_recipe, tmp_path, "[{kind: quantize, method: lrp, budget: {avg_weight_bits: 6}}]",
+                       model=TINY_SWIN[0], args=TINY_SWIN[1], extra=("--calib-data", calib))
+    q = report["passes"][0]
+    assert q["metrics"]["avg_weight_bits"] <= 6 and set(q["metrics"]["bits_per_layer"].values()) == {4, 8}
+    assert report["calibration"]["source"] == "calib-data"
+    for artifact in report["artifacts"]:
+        assert artifact["executed_precision"] == "mixed(fp32,int4,int8)", artifact["executed"]
+        assert artifact["check"]["passed"]
+
+
+@needs_shared
+def test_real_weights_refuse_synthetic_calibration(cli, write_recipe, tmp_path):
+    recipe = write_recipe("name: q\npasses: [{kind: quantize, method: uniform, weights: int8}]\nexports: [x86-onnxruntime]\n")
+    out = tmp_path / "run"
+    result = cli("compress", "--recipe", recipe, "--model", VIT_C10, "--out", out)
+    assert result.exit_code == 2 and "needs real calibration images" in result.output and not out.exists()
