@@ -36,7 +36,9 @@ class Budget(StrictModel):
 
 class QuantizeConfig(PassConfig):
     kind: Literal["quantize"] = "quantize"
-    method: Literal["lrp", "uniform"] = "lrp"
+    method: Literal["lrp", "uniform", "error"] = Field(
+        "lrp", description="lrp: relevance-weighted allocation; uniform: one precision; error: allocation by quantization "
+        "error alone (every layer weighted equally; the ablation that shows what LRP adds)")
     weights: Precision = Field("int8", description="uniform: the precision of every governed layer")
     candidates: list[Precision] = Field(default_factory=lambda: ["int4", "int8"], description="lrp: precisions to choose from")
     budget: Budget | None = Field(None, description="lrp: the bit budget")
@@ -49,8 +51,8 @@ class QuantizeConfig(PassConfig):
 
     @model_validator(mode="after")
     def _method_needs(self) -> "QuantizeConfig":
-        if self.method == "lrp" and self.budget is None:
-            raise ValueError("method lrp needs a budget ({avg_weight_bits: ...} or {size_mb: ...})")
+        if self.method in ("lrp", "error") and self.budget is None:
+            raise ValueError(f"method {self.method} needs a budget ({{avg_weight_bits: ...}} or {{size_mb: ...}})")
         return self
 
 
@@ -89,7 +91,8 @@ class QuantizePass:
             scores = {}
             solution = {"avg_bits": sum(layers[n].weight.numel() * NOMINAL_BITS[p] for n, p in precision.items()) / total}
         else:
-            scores = linear_relevance(model, images[: cfg.relevance_images], layers)
+            scores = (linear_relevance(model, images[: cfg.relevance_images], layers) if cfg.method == "lrp"
+                      else dict.fromkeys(layers, 1.0 / len(layers)))
             solution = self._allocate(layers, scores, blocks, cfg)
             precision = solution.pop("precision")
         weights = sum(m.weight.numel() for m in layers.values())
