@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from torch import nn
 from edgevit import progress
 from edgevit.data import ImageFolder, label_map, scan_image_folder
 from edgevit.schema import StrictModel
+
+if TYPE_CHECKING:  # passes import this module; a runtime import would be circular
+    from edgevit.passes.base import PassContext
 
 
 class FinetuneConfig(StrictModel):
@@ -106,6 +109,18 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | I
         "loss_last": sum(losses[-window:]) / window if losses else None,
         "reproducible": torch.get_num_threads() == 1,  # multi-threaded reductions may differ run to run
     }
+
+
+def finetune_if_asked(model: nn.Module, cfg: FinetuneConfig | None, ctx: "PassContext",
+                      after_step: Callable[[], None] | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """Fine-tune when the pass has a finetune block and training images were given.
+    Returns (training record, None) or (None, the note saying why the pass is training-free)."""
+    if cfg is None:
+        return None, "training-free (no finetune block)"
+    if ctx.train_data is None:
+        return None, "training-free: finetune requested but no --train-data given"
+    return finetune(model, ctx.teacher, ctx.train_data, ctx.data_config, cfg, ctx.seed,
+                    label_names=ctx.label_names, after_step=after_step), None
 
 
 def _loss(student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:

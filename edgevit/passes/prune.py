@@ -25,7 +25,7 @@ from edgevit.flops import count_flops, count_params
 from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
 from edgevit.passes.pruning_scores import channel_scores, dimap_importance, head_scores
 from edgevit.surgery import can_prune_heads, prune_heads, prune_mlp
-from edgevit.training import FinetuneConfig, finetune
+from edgevit.training import FinetuneConfig, finetune_if_asked
 
 Module = Literal["attention", "mlp"]
 
@@ -170,16 +170,11 @@ class PrunePass:
                     for linear, mask in masks:
                         linear.weight.mul_(mask)
 
-        training, notes = None, []
+        notes = []
         if "attention" in cfg.modules and not all(can_prune_heads(b.attention) for b in adapter.blocks()):
             notes.append("heads of this attention type cannot be removed (e.g. Swin v2): MLP channels only")
-        if cfg.finetune is not None and ctx.train_data is not None:
-            training = finetune(model, ctx.teacher, ctx.train_data, ctx.data_config, cfg.finetune, ctx.seed,
-                                label_names=ctx.label_names, after_step=after_step)
-        elif cfg.finetune is not None:
-            notes.append("finetune requested but no --train-data given: applied training-free")
-        else:
-            notes.append("training-free (no finetune block)")
+        training, why_not = finetune_if_asked(model, cfg.finetune, ctx, after_step)
+        notes += [why_not] if why_not else []
         flops_after, params_after = count_flops(model, ctx.input_size), count_params(model)
         metrics |= {
             "method": cfg.method, "structure": cfg.structure,

@@ -17,7 +17,7 @@ from edgevit.flops import count_flops
 from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
 from edgevit.passes.token_patch import Reduction, patch_block, unpatch
 from edgevit.schema import StrictModel
-from edgevit.training import FinetuneConfig, finetune
+from edgevit.training import FinetuneConfig, finetune_if_asked
 
 EVIT_DEFAULT_DEPTH, EVIT_DEFAULT_LOCATIONS = 12, (4, 7, 10)  # 1-based, as in the EViT paper for DeiT-12
 
@@ -100,11 +100,8 @@ class _TokenPass:
         flops_before = count_flops(model, ctx.input_size)
         structure = self._patch(model, adapter, cfg, ctx)
         flops_after = count_flops(model, ctx.input_size)
-        training, notes = None, []
-        if cfg.finetune is not None and ctx.train_data is not None:
-            training = finetune(model, ctx.teacher, ctx.train_data, ctx.data_config, cfg.finetune, ctx.seed, label_names=ctx.label_names)
-        else:
-            notes.append("training-free" + (" (finetune requested but no --train-data given)" if cfg.finetune else ""))
+        training, why_not = finetune_if_asked(model, cfg.finetune, ctx)
+        notes = [why_not] if why_not else []
         metrics = {"flops_before": flops_before, "flops_after": flops_after, "flops_reduction": 1 - flops_after / flops_before,
                    "tokens_per_block": structure["tokens_per_block"]}
         return model, PassRecord(kind=self.kind, config=cfg.model_dump(mode="json"), structure=structure, metrics=metrics,
