@@ -1,0 +1,81 @@
+"""Section `quantization-peers`: NNCF's own mixed-precision weight compression (its
+sensitivity metric chooses which layers stay int8) at the budgets of the LRP rows of the
+`quantization` section, on the same evaluation subset, run in OpenVINO."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgevit.accuracy import artifact_predictor, measure_top1
+from edgevit.bench.context import BenchContext, section
+from edgevit.bench.quantization import EVAL_N, VARIANTS, _run
+from edgevit.calibration import resolve_calibration
+from edgevit.data import scan_image_folder
+from edgevit.profiling import runner_module
+from edgevit.profiling.executed import executed_precision
+from edgevit.recipe import CalibrationSpec
+
+# share of weights at int4 (the rest int8) giving the same nominal average bits as the LRP rows
+BUDGETS = {4.5: 0.875, 6.0: 0.5}
+
+
+def _nncf_compress(fp32_run: Path, out: Path, images, ratio: float) -> None:
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+
+    model = ov.Core().read_model(str(fp32_run / "artifacts/x86-openvino/model.xml"))
+    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
+    compressed = nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT4_SYM, ratio=ratio, group_size=32, dataset=dataset, subset_size=len(images),
+        advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST,
+                                                          min_adjusted_group_size=16))
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(fp32_run / "artifacts/x86-openvino", out)
+    ov.save_model(compressed, str(out / "model.xml"), compress_to_fp16=False)
+
+
+@section("quantization-peers", "Peer: NNCF mixed int4/int8 weight compression at the LRP budgets",
+         f"nncf.compress_weights(INT4_SYM, group 32 with ADJUST fallback to 16, ratio = share of int4 weights, 64 "
+         f"calibration images for its data-aware sensitivity metric) on the fp32 OpenVINO IR of the `quantization` "
+         f"section; top-1 in OpenVINO on the same seeded {EVAL_N}-image CIFAR-10 test subset. Weight-only: activations "
+         "stay fp32 (the LRP rows also quantize activations of int8 layers). NNCF keeps its own choice for the "
+         "classifier (edgevit keeps it fp32).",
+         cap_s=1200)
+def nncf_section(ctx: BenchContext) -> dict[str, Any]:
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    shared_work = ctx.work.parent / "quantization"
+    test, train = ctx.shared / "data/cifar10/test", ctx.shared / "data/cifar10/train"
+    rows, results, notes = [], {}, []
+    for name in ("swin_tiny_c10", "vit_tiny_c10"):
+        folder = ctx.shared / "models" / name
+        if not folder.is_dir() or ctx.over_cap():
+            notes.append(f"{name}: skipped")
+            continue
+        fp32_run = shared_work / f"{name}_fp32"
+        if not (fp32_run / "report.json").is_file():
+            shared_work.mkdir(parents=True, exist_ok=True)
+            fp32_run = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)
+        report = json.loads((fp32_run / "report.json").read_text())
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
+        images = resolve_calibration(CalibrationSpec(n=64, seed=0), train, None, None).images(cfg).numpy()
+        labels = json.loads((fp32_run / "model/config.json").read_text()).get("label_names")
+        for bits, ratio in BUDGETS.items():
+            out = ctx.work / f"{name}-nncf-{bits}"
+            _nncf_compress(fp32_run, out, images, ratio)
+            runner = runner_module()
+            session = runner.open_artifact(str(out), 2)
+            acc = measure_top1({"ov": artifact_predictor(session, "logits")}, scan_image_folder(test), EVAL_N,
+                               report["recipe"]["seed"], cfg, 250, labels)
+            executed = executed_precision("openvino", session.executed({}))
+            size = sum(p.stat().st_size for p in (out / "model.xml", out / "model.bin"))
+            rows.append([name, f"NNCF {bits} bits (int4 ratio {ratio})", f"{size / 1e6:.2f}", f"{acc['top1']['ov']:.4f}", executed])
+            results[f"{name}-{bits}"] = {"top1": acc["top1"]["ov"], "size_bytes": size, "executed": executed}
+    tables = [{"title": f"NNCF weight compression in OpenVINO ({EVAL_N} CIFAR-10 test images)",
+               "header": ["model", "variant", "OpenVINO MB", "top-1 OpenVINO", "executed"], "rows": rows}]
+    return {"tables": tables, "results": results, "notes": notes}
