@@ -36,6 +36,8 @@ def test_allocation_respects_budget_and_reports_gap():
         assert result["avg_bits"] <= bits and result["precision"]["d"] == "int8"
         assert result["optimality_gap"] >= 0 and result["lp_lower_bound"] <= result["objective"]
     assert allocate(layers, ["int4", "int8"], 8 * 500)["precision"] == dict.fromkeys("abcd", "int8")
+    three = [Layer(l.name, l.numel, l.score, {**l.errors, "int3": 4 * l.errors.get("int4", 0.04)}) for l in layers]
+    assert "int3" in allocate(three, ["int3", "int4", "int8"], 4 * 500)["precision"].values()
     with pytest.raises(ValueError, match="below the cheapest"):
         allocate(layers, ["int4", "int8"], 3 * 500)
 
@@ -99,3 +101,19 @@ def test_real_weights_refuse_synthetic_calibration(cli, write_recipe, tmp_path):
     out = tmp_path / "run"
     result = cli("compress", "--recipe", recipe, "--model", VIT_C10, "--out", out)
     assert result.exit_code == 2 and "needs real calibration images" in result.output and not out.exists()
+
+
+def test_precisions_without_kernels_are_simulated_and_reported(cli, write_recipe, tmp_path):
+    report = _compress(cli, write_recipe, tmp_path, "[{kind: quantize, method: uniform, weights: int3}]")
+    q = report["passes"][0]
+    simulated = q["structure"]["simulated_layers"]
+    assert simulated and all(q["structure"]["layer_precision"][n] == "int3" for n in simulated)
+    # fake-quant weights really sit on a 3-bit grid (7 levels + sign per output channel)
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")[simulated[0] + ".weight"]
+    assert max(len(torch.unique(row)) for row in weights) <= 8
+    assert any(n.startswith("SIMULATED") for n in q["notes"])
+    for artifact in report["artifacts"]:
+        assert artifact["simulated"] and artifact["simulated_layers"] == simulated and artifact["check"]["passed"]
+    assert "(simulated)" in (tmp_path / "run" / "report.md").read_text()

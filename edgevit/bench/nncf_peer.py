@@ -60,7 +60,7 @@ def nncf_section(ctx: BenchContext) -> dict[str, Any]:
         fp32_run = shared_work / f"{name}_fp32"
         if not (fp32_run / "report.json").is_file():
             shared_work.mkdir(parents=True, exist_ok=True)
-            fp32_run = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)
+            fp32_run, _ = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)
         report = json.loads((fp32_run / "report.json").read_text())
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
         images = resolve_calibration(CalibrationSpec(n=64, seed=0), train, None, None).images(cfg).numpy()

@@ -70,6 +70,7 @@ class LoweringPlan:
     layer_precision: dict[str, str] = field(default_factory=dict)
     int4_block: dict[str, int] = field(default_factory=dict)
     activations: str = "fp32"
+    simulated_layers: list[str] = field(default_factory=list)  # fake-quant weights, executed by fp32 kernels
     pass_records: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -77,7 +78,11 @@ class LoweringPlan:
         plan = cls(pass_records=records)
         for record in records:
             if record["kind"] == "quantize":
-                plan.layer_precision.update(record["structure"]["layer_precision"])
+                simulated = record["structure"].get("simulated_layers", [])
+                plan.simulated_layers += simulated
+                # what the runtime executes: simulated layers carry grid values in fp32 weights
+                plan.layer_precision.update({n: "fp32" if n in simulated else p
+                                             for n, p in record["structure"]["layer_precision"].items()})
                 plan.int4_block.update(record["structure"]["int4_block"])
                 plan.activations = record["structure"]["activations"]
         return plan

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-NOMINAL_BITS = {"int4": 4, "int8": 8, "fp16": 16, "fp32": 32}
+NOMINAL_BITS = {"int2": 2, "int3": 3, "int4": 4, "int6": 6, "int8": 8, "fp16": 16, "fp32": 32}
+# Precisions no runtime here executes as integer kernels: their layers are fake-quantized in
+# PyTorch (weights rounded to the grid, run by fp32 kernels) and reported as simulated.
+SIMULATED = frozenset({"int2", "int3", "int6"})
 
 
 MIN_INT4_BLOCK = 16  # MatMulNBits and OpenVINO's blocked int4 need power-of-two blocks >= 16
@@ -32,14 +35,22 @@ def int4_block(in_features: int, preferred: int) -> int | None:
     return None
 
 
+def fake_quantize(weight: torch.Tensor, precision: str) -> torch.Tensor:
+    """Weights rounded to a symmetric per-output-channel grid of ``precision`` (simulation)."""
+    qmax = 2 ** (NOMINAL_BITS[precision] - 1) - 1
+    scale = weight.detach().abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
+    return (weight.detach() / scale).round().clamp(-qmax - 1, qmax) * scale
+
+
 def quant_error(weight: torch.Tensor, precision: str, block: int) -> float:
     """||W - Q(W)||^2 / ||W||^2 for the precision's symmetric scheme."""
     w = weight.detach().double()
     if precision in ("fp32", "fp16"):
         return 0.0 if precision == "fp32" else float(((w - w.half().double()) ** 2).sum() / (w ** 2).sum())
-    if precision == "int8":
-        scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
-        q = (w / scale).round().clamp(-128, 127) * scale
+    if precision != "int4":  # per output channel, symmetric
+        qmax = 2 ** (NOMINAL_BITS[precision] - 1) - 1
+        scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
+        q = (w / scale).round().clamp(-qmax - 1, qmax) * scale
     else:
         out, k = w.shape
         blocks = w.reshape(out, k // block, block)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
 from edgevit.passes.lrp import linear_relevance
-from edgevit.passes.quant_alloc import NOMINAL_BITS, Layer, allocate, int4_block, quant_error
+from edgevit.passes.quant_alloc import NOMINAL_BITS, SIMULATED, Layer, allocate, fake_quantize, int4_block, quant_error
 from edgevit.passes.repq import reparameterize
 from edgevit.schema import StrictModel
 
-Precision = Literal["int4", "int8", "fp32"]
+# int2/int3/int6 have no integer kernel in the runtimes here: simulated (fake-quant) only
+Precision = Literal["int2", "int3", "int4", "int6", "int8", "fp32"]
 
 
 class Budget(StrictModel):
@@ -95,9 +97,17 @@ class QuantizePass:
                       else dict.fromkeys(layers, 1.0 / len(layers)))
             solution = self._allocate(layers, scores, blocks, cfg)
             precision = solution.pop("precision")
+        simulated = sorted(n for n, p in precision.items() if p in SIMULATED)
+        with torch.no_grad():
+            for name in simulated:
+                layers[name].weight.copy_(fake_quantize(layers[name].weight, precision[name]))
+        if simulated:
+            notes.append(f"SIMULATED: {len(simulated)} layer(s) at {', '.join(sorted({precision[n] for n in simulated}))} have "
+                         "fake-quantized weights run by fp32 kernels; no runtime here executes that precision")
         weights = sum(m.weight.numel() for m in layers.values())
         structure = {
             "layer_precision": precision,
+            "simulated_layers": simulated,
             "int4_block": {n: b for n, b in blocks.items() if precision[n] == "int4"},
             "activations": cfg.activations,
         }
@@ -126,4 +136,4 @@ class QuantizePass:
             raise EdgevitError(f"quantize: {exc}", "raise the budget or add a cheaper candidate") from None
 
     def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
-        return model  # RepQ changed weights only (saved in the safetensors); shapes are unchanged
+        return model  # RepQ and fake-quant changed weights only (saved in the safetensors); shapes are unchanged
