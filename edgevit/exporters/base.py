@@ -70,6 +70,7 @@ class LoweringPlan:
     layer_precision: dict[str, str] = field(default_factory=dict)
     int4_block: dict[str, int] = field(default_factory=dict)
     activations: str = "fp32"
+    activation_clip_percentile: float | None = None  # None: min/max calibration
     simulated_layers: list[str] = field(default_factory=list)  # fake-quant weights, executed by fp32 kernels
     pass_records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -85,6 +86,7 @@ class LoweringPlan:
                                              for n, p in record["structure"]["layer_precision"].items()})
                 plan.int4_block.update(record["structure"]["int4_block"])
                 plan.activations = record["structure"]["activations"]
+                plan.activation_clip_percentile = record["structure"].get("activation_clip_percentile")
         return plan
 
     @property

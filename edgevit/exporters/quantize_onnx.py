@@ -60,7 +60,8 @@ class _Calibration:
 
 
 def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_blocks: dict[str, int],
-                   calibration: np.ndarray | None, input_name: str = "input") -> dict[str, int]:
+                   calibration: np.ndarray | None, input_name: str = "input",
+                   clip_percentile: float | None = None) -> dict[str, int]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -79,8 +80,11 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
         with _quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger; we quantize the raw export on purpose
                 quantize_static(str(src), str(stage), _Calibration(calibration, input_name), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["MatMul"], nodes_to_quantize=int8, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS})
+                            op_types_to_quantize=["MatMul"], nodes_to_quantize=int8,
+                            # percentile calibration clips activation outliers; min/max keeps them
+                            calibrate_method=CalibrationMethod.Percentile if clip_percentile else CalibrationMethod.MinMax,
+                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS,
+                                           **({"CalibPercentile": clip_percentile} if clip_percentile else {})})
     else:
         shutil.copy(src, stage)
     model = onnx.load(str(stage))

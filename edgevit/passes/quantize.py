@@ -45,6 +45,8 @@ class QuantizeConfig(PassConfig):
     candidates: list[Precision] = Field(default_factory=lambda: ["int4", "int8"], description="lrp: precisions to choose from")
     budget: Budget | None = Field(None, description="lrp: the bit budget")
     activations: Literal["int8", "fp32"] = Field("int8", description="int8: static per-tensor (layers at int8 weights)")
+    activation_clip_percentile: float | None = Field(
+        None, gt=90, lt=100, description="clip activation outliers at this percentile when calibrating (None: min/max)")
     int4_block: int = Field(32, ge=8, description="int4 block along the input; smaller where the width needs it")
     repq: bool = Field(True, description="RepQ-style post-LayerNorm channel reparameterisation")
     repq_strength: float = Field(0.5, ge=0, le=1)
@@ -110,6 +112,7 @@ class QuantizePass:
             "simulated_layers": simulated,
             "int4_block": {n: b for n, b in blocks.items() if precision[n] == "int4"},
             "activations": cfg.activations,
+            "activation_clip_percentile": cfg.activation_clip_percentile,
         }
         metrics = {
             "method": cfg.method, "governed_layers": len(layers), "governed_weights": weights,
