@@ -49,7 +49,6 @@ def _nncf_compress(fp32_run: Path, out: Path, images, ratio: float) -> None:
 def nncf_section(ctx: BenchContext) -> dict[str, Any]:
     ctx.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    shared_work = ctx.work.parent / "quantization"
     test, train = ctx.shared / "data/cifar10/test", ctx.shared / "data/cifar10/train"
     rows, results, notes = [], {}, []
     for name in ("swin_tiny_c10", "vit_tiny_c10"):
@@ -57,10 +56,7 @@ def nncf_section(ctx: BenchContext) -> dict[str, Any]:
         if not folder.is_dir() or ctx.over_cap():
             notes.append(f"{name}: skipped")
             continue
-        fp32_run = shared_work / f"{name}_fp32"
-        if not (fp32_run / "report.json").is_file():
-            shared_work.mkdir(parents=True, exist_ok=True)
-            fp32_run, _ = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)
+        fp32_run, _ = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)  # reused when present
         report = json.loads((fp32_run / "report.json").read_text())
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
         images = resolve_calibration(CalibrationSpec(n=64, seed=0), train, None, None).images(cfg).numpy()

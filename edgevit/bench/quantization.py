@@ -3,6 +3,7 @@ error-only allocation (what LRP adds) and ONNX Runtime's quantize_static default
 all evaluated in the real runtimes; size and latency vs fp32 of the same runtime."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 
+from edgevit import resources
 from edgevit.accuracy import artifact_predictor, measure_top1
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.timing import interleaved, summary
@@ -40,16 +42,28 @@ RECIPE = ("name: bench_quant\nexports: [x86-onnxruntime, x86-openvino]\nevaluati
           "profile: {{runs: 3, warmup: 1}}\npasses: {passes}\n")
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Hash of edgevit's own source and the device runner: a reused run must come from this code."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(root.rglob("*.py")) + [resources.runner_script()]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def _run(ctx: BenchContext, label: str, model: str, passes: str | None, data: Path | None, calib: Path | None, n: int,
          recipe_text: str | None = None, train: Path | None = None) -> tuple[Path, str | None]:
     """A compress run of one variant; returns (run folder, check failure or None).
 
-    A published run with the same recipe hash, model and data is reused: its accuracy and
-    size do not depend on when it ran (latency is always timed afresh, side by side)."""
+    A published run with the same recipe hash, model, data and edgevit source is reused:
+    its accuracy and size do not depend on when it ran (latency is always timed afresh,
+    side by side)."""
     text = recipe_text or RECIPE.format(passes=passes, n=n)
     recipe = ctx.work / "recipe.yaml"
     recipe.write_text(text)
-    slug = "".join(c if c.isalnum() else "_" for c in f"{Path(model).name}-{label}")
+    slug = "".join(c if c.isalnum() else "_" for c in f"{Path(model).name}-{label}") + f"-{_code_fingerprint()}"
     out = ctx.work / slug
     if (out / "report.json").is_file():
         old = json.loads((out / "report.json").read_text())
