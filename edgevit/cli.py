@@ -142,6 +142,23 @@ def profile(
     print(json.dumps(result.data, indent=2))
 
 
+@app.command()
+@user_errors
+def embed(
+    artifact: Path = typer.Argument(..., help="artifact file (.onnx, .tflite, .bin) or a one-file bundle folder"),
+    out: Path = typer.Option(..., help="output folder"),
+    format: str = typer.Option("c", "--format", help="c: const array + header; bin: raw blob + linker header"),
+    symbol: str = typer.Option("g_model", help="C symbol name"),
+    align: int = typer.Option(16, help="alignment of the array in bytes (power of two)"),
+    force: bool = typer.Option(False, help="replace --out if it exists"),
+) -> None:
+    """Write an artifact as C source / a blob for a firmware build."""
+    from edgevit.embed import embed as run_embed
+
+    published = run_embed(artifact, out, symbol=symbol, fmt=format, align=align, force=force)
+    print(f"wrote {published}: " + ", ".join(sorted(p.name for p in published.iterdir())))
+
+
 def main() -> None:
     app()
 
