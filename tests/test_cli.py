@@ -150,7 +150,7 @@ def test_eval_and_profile_commands(cli, write_recipe, images, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["runtime"] == "openvino" and data["batch"] == 2 and data["runs"] == 3
-    result = cli("profile", bundle, "--target", "ssh://nobody@host")
+    result = cli("profile", bundle, "--target", "adb://SERIAL")
     assert result.exit_code == 2 and "not available" in result.output
 
 

@@ -79,6 +79,10 @@ def transport_for(target: str) -> Transport:
     if target == "local":
         return LocalTransport()
     scheme = target.split("://", 1)[0] if "://" in target else target
-    if scheme in ("ssh", "adb"):
-        raise EdgevitError(f"--target {target}: the {scheme} transport is not available in this version", "use --target local")
-    raise EdgevitError(f"--target {target}: unknown target", "use 'local' (ssh://user@host and adb://SERIAL are planned)")
+    if scheme == "ssh":
+        from edgevit.profiling.ssh import SshTransport
+
+        return SshTransport(target)
+    if scheme == "adb":
+        raise EdgevitError(f"--target {target}: the adb transport is not available in this version", "use local or ssh://")
+    raise EdgevitError(f"--target {target}: unknown target", "use 'local' or ssh://user@host[:port]")
