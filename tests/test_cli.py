@@ -150,8 +150,8 @@ def test_eval_and_profile_commands(cli, write_recipe, images, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["runtime"] == "openvino" and data["batch"] == 2 and data["runs"] == 3
-    result = cli("profile", bundle, "--target", "adb://SERIAL")
-    assert result.exit_code == 2 and "not available" in result.output
+    result = cli("profile", bundle, "--target", "telnet://box")
+    assert result.exit_code == 2 and "unknown target" in result.output
 
 
 def test_validate_and_recipes_commands(cli, write_recipe):

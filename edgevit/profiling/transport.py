@@ -84,5 +84,7 @@ def transport_for(target: str) -> Transport:
 
         return SshTransport(target)
     if scheme == "adb":
-        raise EdgevitError(f"--target {target}: the adb transport is not available in this version", "use local or ssh://")
-    raise EdgevitError(f"--target {target}: unknown target", "use 'local' or ssh://user@host[:port]")
+        from edgevit.profiling.adb import AdbTransport
+
+        return AdbTransport(target)
+    raise EdgevitError(f"--target {target}: unknown target", "use 'local', ssh://user@host[:port] or adb://SERIAL")

@@ -1,0 +1,89 @@
+"""adb://SERIAL — run the device runner on an Android device (or any adb target) that has
+a Python with numpy and the runtime (e.g. Termux): push runner + bundle into a fresh
+/data/local/tmp folder, run, pull the outputs, remove the folder whatever happened.
+Options in the URL query: ``python`` (device interpreter, default python3), ``timeout``
+(seconds, default 600), ``adb`` (host adb binary, default adb on PATH).
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from edgevit import resources
+from edgevit.errors import EdgevitError, RunnerError
+from edgevit.profiling.ssh import _artifact_files, _remote_name
+from edgevit.profiling.transport import RunnerResult, parse_runner_output
+
+DEVICE_TMP = "/data/local/tmp"
+
+
+class AdbTransport:
+    name = "adb"
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        serial = parsed.netloc or parsed.path.lstrip("/")
+        if parsed.scheme != "adb" or not serial:
+            raise EdgevitError(f"--target {url}: not an adb target", "write adb://SERIAL (see `adb devices`)")
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        unknown = set(query) - {"python", "timeout", "adb"}
+        if unknown:
+            raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}", "known: python, timeout, adb")
+        self.serial, self.python = serial, query.get("python", "python3")
+        self.timeout, self.adb = float(query.get("timeout", 600)), query.get("adb", "adb")
+
+    def _adb(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        try:
+            proc = subprocess.run([self.adb, "-s", self.serial, *args], capture_output=True, text=True,
+                                  timeout=timeout or self.timeout)
+        except FileNotFoundError:
+            raise RunnerError(f"{self.adb}: adb not found on this machine", "install Android platform-tools (Debian: adb)") from None
+        except subprocess.TimeoutExpired:
+            raise RunnerError(f"adb {self.serial}: no answer within {timeout or self.timeout:.0f} s", "is the device connected?") from None
+        if "device '" in proc.stderr and "not found" in proc.stderr or "device offline" in proc.stderr:
+            raise RunnerError(f"adb {self.serial}: device not connected ({proc.stderr.strip().splitlines()[-1]})",
+                              "check `adb devices` and the cable")
+        return proc
+
+    def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
+            inputs: np.ndarray | None = None) -> RunnerResult:
+        made = self._adb("shell", f"mktemp -d {DEVICE_TMP}/edgevit.XXXXXX", timeout=30)
+        if made.returncode != 0 or not made.stdout.strip():
+            raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}")
+        remote = made.stdout.strip()
+        try:
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs)
+        finally:
+            self._adb("shell", f"rm -rf {shlex.quote(remote)}", timeout=30)  # nothing left on the device
+
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs) -> RunnerResult:
+        with tempfile.TemporaryDirectory(prefix="edgevit-adb-") as tmp:
+            sources = [str(resources.runner_script()), *map(str, _artifact_files(artifact))]
+            args = [self.python, f"{remote}/runner.py", f"{remote}/{_remote_name(artifact)}", "--runs", str(runs),
+                    "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
+            if inputs is not None:
+                np.save(Path(tmp) / "input.npy", inputs)
+                sources.append(str(Path(tmp) / "input.npy"))
+                args += ["--input", f"{remote}/input.npy", "--output", f"{remote}/outputs.npz"]
+            pushed = self._adb("push", *sources, f"{remote}/")
+            if pushed.returncode != 0:
+                raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}")
+            proc = self._adb("shell", " ".join(shlex.quote(a) for a in args))
+            if proc.returncode == 127 or "not found" in proc.stderr and self.python in proc.stderr:
+                raise RunnerError(f"adb {self.serial}: {self.python} not found on the device",
+                                  "install Python + numpy + the runtime there, or set ?python=")
+            data = parse_runner_output(artifact, proc.returncode, proc.stdout, proc.stderr)
+            outputs = None
+            if inputs is not None:
+                pulled = self._adb("pull", f"{remote}/outputs.npz", str(Path(tmp) / "outputs.npz"))
+                if pulled.returncode != 0:
+                    raise RunnerError(f"adb {self.serial}: pull failed: {pulled.stderr.strip()}")
+                with np.load(Path(tmp) / "outputs.npz") as npz:
+                    outputs = {k: npz[k] for k in npz.files}
+        data["where_run"] = f"{self.serial} (adb)"
+        return RunnerResult(data, outputs)
