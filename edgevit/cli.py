@@ -131,13 +131,23 @@ def profile(
     warmup: int = typer.Option(10, min=0),
     threads: int = typer.Option(2, min=1),
     batch: int = typer.Option(1, min=1),
-    target: str = typer.Option("local", help="where to run: local"),
+    target: str = typer.Option("local", help="local, ssh://user@host[:port][?identity=&python=], adb://SERIAL[?python=]"),
+    targets: Optional[Path] = typer.Option(None, help="YAML list of devices (name, target, threads, batch): profile them all"),
 ) -> None:
-    """Time an artifact with the device runner and print its JSON."""
+    """Time an artifact with the device runner and print its JSON (a table too for --targets)."""
     from edgevit.profiling import transport_for
 
     if not artifact.exists():
         raise EdgevitError(f"{artifact}: not found", "give an artifact bundle folder, .onnx or .xml")
+    if targets is not None:
+        from edgevit.profiling.fleet import fleet_table, load_fleet, profile_fleet
+
+        results = profile_fleet(artifact, load_fleet(targets), runs, warmup)
+        print(fleet_table(results))
+        print(json.dumps(results, indent=2))
+        if all("error" in r for r in results):
+            raise EdgevitError("no device could be profiled", "see the errors in the table")
+        return
     result = transport_for(target).run(artifact, runs=runs, warmup=warmup, threads=threads, batch=batch)
     print(json.dumps(result.data, indent=2))
 

@@ -66,3 +66,23 @@ def test_disconnected_device_and_missing_python(device, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_OFFLINE", "1")
     with pytest.raises(RunnerError, match="device not connected"):
         transport_for(url).run(model, runs=1, warmup=0, threads=1, batch=1)
+
+
+def test_fleet_profiles_every_device_side_by_side(cli, device, tmp_path):
+    url, _, _ = device
+    model, _ = _onnx(tmp_path)
+    fleet = tmp_path / "targets.yaml"
+    fleet.write_text(f'devices:\n  - {{name: phone, target: "{url}", threads: 1}}\n'
+                     "  - {name: here, target: local, threads: 2, batch: 2}\n"
+                     '  - {name: gone, target: "adb://NOPE?adb=/nonexistent/adb"}\n')
+    result = cli("profile", model, "--runs", "3", "--warmup", "0", "--targets", fleet)
+    assert result.exit_code == 0, result.output
+    table, rest = result.stdout.split("\n[", 1)
+    rows = json.loads("[" + rest)
+    assert [r["name"] for r in rows] == ["phone", "here", "gone"]
+    assert rows[0]["where_run"] == "EMULATOR42 (adb)" and rows[1]["batch"] == 2 and "adb not found" in rows[2]["error"]
+    assert "| phone |" in table and "not run" in table
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("devices:\n  - {name: a, target: local, thread: 2}\n")
+    result = cli("profile", model, "--targets", bad)
+    assert result.exit_code == 2 and "unknown key 'thread'" in result.output
