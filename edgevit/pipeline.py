@@ -215,6 +215,11 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
     if standin:
         data["where_run"] = f"check only: {profile.local_standin} on this machine as a stand-in; {profile.runtime} not run here"
         executed = None
+    lint = _tensorrt_lint(bundle, profile) if profile.runtime == "tensorrt" else None
+    if lint and lint["findings"]:
+        first = lint["findings"][0]
+        check = {**check, "passed": False,
+                 "reason": f"TensorRT {profile.runtime_version} lint: {len(lint['findings'])} finding(s), first {first['op']}: {first['message']}"}
     model_file = bundle.path / bundle.data["model_file"]
     artifact = {
         "name": profile.name,
@@ -233,6 +238,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         "size_bytes": bundle.size_bytes,
         "files": [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in bundle.files],
         "check": check,
+        "lint": lint,
     }
     if standin:
         timing = {"runtime": profile.runtime, "where_run": "not run",
@@ -242,6 +248,14 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
                                             "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
                                             "cpu_time_ms", "load_avg", "peak_rss_mb", "where_run")}
     return artifact, timing
+
+
+def _tensorrt_lint(bundle, profile: TargetProfile) -> dict[str, Any]:
+    from edgevit.exporters.tensorrt_lint import lint
+
+    findings = lint(bundle.path / bundle.data["model_file"], profile.runtime_version)
+    return {"tensorrt_version": profile.runtime_version, "findings": findings[:50], "count": len(findings),
+            "passed": not findings}
 
 
 def _evaluate(model, loaded: LoadedModel, folder: ImageFolder, data_config, recipe: Recipe, stage: Path, artifacts) -> dict[str, Any]:

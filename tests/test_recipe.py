@@ -96,3 +96,11 @@ def test_recipe_file_path_is_in_every_message(write_recipe):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert str(Path(path)) in str(err.value)
+
+
+@pytest.mark.parametrize("name", resources.names("exporters"))
+def test_every_shipped_export_profile_loads(name):
+    from edgevit.exporters import load_profile
+
+    profile = load_profile(name)
+    assert profile.name == name and profile.precisions

@@ -115,4 +115,26 @@ class OnnxExporter:
             files.append(src.name)
         inputs, outputs = onnx_io(out_dir / "model.onnx")
         options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
-        return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, options)).write()
+        data = bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, options)
+        if profile.runtime == "tensorrt":
+            data["tensorrt"] = engine_build_spec(profile, plan, inputs)
+        return Bundle(out_dir, data).write()
+
+
+def engine_build_spec(profile: TargetProfile, plan: LoweringPlan, inputs: list[dict]) -> dict:
+    """How the device builds the engine (engines are device- and version-specific: built
+    where they run, never here). The runner on the device executes `trtexec` with it."""
+    options = profile.session_options
+    # fp32 parity needs TF32 off on Ampere+; int8 comes from the graph's explicit Q/DQ nodes
+    flags = {"fp32": ["--noTF32"], "fp16": ["--fp16"], "int8": ["--int8"]}.get(plan.summary_precision, ["--int8", "--fp16"])
+    batch = int(options.get("batch", 1))
+    shapes = {i["name"]: [batch if not isinstance(d, int) else d for d in i["shape"]] for i in inputs}
+    shape_arg = ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes.items())
+    workspace = int(options.get("workspace_mib", 1024))
+    cmd = ["trtexec", "--onnx=model.onnx", "--saveEngine=model.engine", f"--shapes={shape_arg}",
+           f"--memPoolSize=workspace:{workspace}M", "--timingCacheFile=timing.cache", *flags]
+    if options.get("dla_core") is not None:
+        cmd += [f"--useDLACore={options['dla_core']}", "--allowGPUFallback"]
+    return {"version": profile.runtime_version, "precision_flags": flags, "shapes": shapes, "workspace_mib": workspace,
+            "timing_cache": "timing.cache", "dla_core": options.get("dla_core"), "trtexec": " ".join(cmd),
+            "engine_reproducible": False}

@@ -1,0 +1,59 @@
+"""TensorRT path, as far as it is honest here: TensorRT-ready ONNX, the per-release parser
+lint, and the engine build spec. No TensorRT exists on this machine: nothing is built."""
+import json
+
+import pytest
+import torch
+
+from edgevit.errors import RecipeError
+from edgevit.exporters.base import ExportContext
+from edgevit.exporters.onnx import export_onnx_graph
+from edgevit.exporters.tensorrt_lint import lint, release_for
+from edgevit.models import load_model
+from edgevit.passes.base import PassContext
+from edgevit.passes.tokens import TomeConfig, TomePass
+
+
+@pytest.fixture(scope="module")
+def vit_graph():
+    loaded = load_model("test_vit")
+    return export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 18)
+
+
+def test_release_tables():
+    assert release_for("8.5") == "8.5" and release_for("10.3.0") == "10" and release_for("8.6.2") == "8.6"
+    with pytest.raises(RecipeError, match="no operator table"):
+        release_for("7.1")
+
+
+def test_lint_follows_each_release(vit_graph):
+    old = {(f["op"], f["message"].split(":")[0]) for f in lint(vit_graph, "8.5")}
+    assert ("LayerNormalization", "not supported by the TensorRT 8.5 ONNX parser") in old  # JetPack 5 has no LN op
+    assert any(op == "opset" for op, _ in old)  # opset 18 > 17
+    assert lint(vit_graph, "10.3") == []
+
+
+@pytest.mark.parametrize("form, flagged", [("scatter", True), ("onehot", False)])
+def test_merge_form_decides_scatter_reduction_finding(form, flagged):
+    loaded = load_model("test_vit")
+    model, _ = TomePass().apply(loaded.model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
+    graph = export_onnx_graph(model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 17, {"tome": form})
+    found = [f for f in lint(graph, "8.6") if f["op"] == "ScatterElements"]
+    assert bool(found) == flagged and all("needs TensorRT >= 10" in f["message"] for f in found)
+
+
+def test_compress_writes_build_spec_and_fails_on_lint(cli, write_recipe, tmp_path):
+    recipe = write_recipe("name: t\nmodel: {name: test_vit}\nexports: [x86-tensorrt]\nprofile: {runs: 2, warmup: 0}\n")
+    result = cli("compress", "--recipe", recipe, "--out", tmp_path / "ok")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ok/report.json").read_text())
+    artifact = report["artifacts"][0]
+    assert artifact["lint"]["passed"] and artifact["executed_precision"] == "not run here"
+    spec = json.loads((tmp_path / "ok" / artifact["path"] / "bundle.json").read_text())["tensorrt"]
+    assert "--shapes=input:1x3x160x160" in spec["trtexec"] and "--noTF32" in spec["trtexec"] and not spec["engine_reproducible"]
+    jetpack5 = tmp_path / "jetson-xavier-trt85.yaml"
+    jetpack5.write_text("name: jp5\nformat: onnx\nruntime: tensorrt\nruntime_version: '8.5'\nopset: 18\n"
+                        "precisions: [fp32]\nlocal_standin: onnxruntime\n")
+    result = cli("compress", "--recipe", write_recipe(recipe.read_text().replace("x86-tensorrt", str(jetpack5)), "jp5.yaml"),
+                 "--out", tmp_path / "bad")
+    assert result.exit_code == 4 and "TensorRT 8.5 lint" in result.output and not (tmp_path / "bad").exists()
