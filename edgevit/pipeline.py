@@ -205,7 +205,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
     else:
         progress.step(f"checking and profiling {profile.name} on {transport.name} ({p.runs} runs, {p.threads} threads, batch {p.batch})")
     result = transport.run(bundle.path, runs=0 if standin else p.runs, warmup=p.warmup, threads=p.threads, batch=p.batch,
-                           inputs=check_x.numpy())
+                           inputs=check_x.numpy(), runtime=profile.local_standin if standin else None)
     outputs = result.outputs or {}
     got = outputs.get(OUTPUT_NAME, next(iter(outputs.values()), None))
     check = (check_outputs(reference, got, bundle.data["precision"], random_weights)
@@ -232,6 +232,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         "simulated": bool(plan.simulated_layers),
         "simulated_layers": plan.simulated_layers,
         "where_run": data["where_run"],
+        "checked_in": profile.local_standin if standin else profile.runtime,
         "reproducible": True,
         "path": str(bundle.path.relative_to(stage)),
         "sha256": sha256_file(model_file),
@@ -262,7 +263,8 @@ def _evaluate(model, loaded: LoadedModel, folder: ImageFolder, data_config, reci
     runner = runner_module()
     predictors = {"pytorch": torch_predictor(model)}
     for a in artifacts:
-        predictors[a["name"]] = artifact_predictor(runner.open_artifact(str(stage / a["path"]), recipe.profile.threads), OUTPUT_NAME)
+        session = runner.open_artifact(str(stage / a["path"]), recipe.profile.threads, runtime=a["checked_in"])
+        predictors[a["name"]] = artifact_predictor(session, OUTPUT_NAME)
     return measure_top1(predictors, folder, recipe.evaluation.n, recipe.seed, data_config,
                         recipe.evaluation.batch_size, loaded.label_names)
 

@@ -144,17 +144,91 @@ def _tmpdir():
     return tempfile.gettempdir()
 
 
+class TrtexecSession(object):
+    """TensorRT through JetPack's `trtexec`: builds the engine on this device from the
+    bundle's build spec (engines are device- and version-specific), feeds inputs and reads
+    outputs through files, and times with trtexec's own per-iteration export."""
+
+    runtime = "tensorrt"
+
+    def __init__(self, model_path, bundle, folder):
+        import shlex
+        import shutil
+
+        self.folder, self.spec = folder, bundle.get("tensorrt") or {}
+        self.trtexec = os.environ.get("EDGEVIT_TRTEXEC") or shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
+        if not os.path.isfile(self.trtexec):
+            raise RunnerFailure("trtexec not found on this device (TensorRT not installed?); set EDGEVIT_TRTEXEC")
+        if "trtexec" not in self.spec:
+            raise RunnerFailure("bundle has no tensorrt build spec")
+        self.inputs = [(i["name"], i["shape"], i["dtype"]) for i in bundle["inputs"]]
+        self.output_names = [o["name"] for o in bundle["outputs"]]
+        self.shapes_arg = [a for a in shlex.split(self.spec["trtexec"]) if a.startswith("--shapes=")]
+        log = self._call(shlex.split(self.spec["trtexec"])[1:])  # build model.engine here, on the device
+        self.version = _trt_version(log) or self.spec.get("version")
+
+    def _call(self, args):
+        import subprocess
+
+        proc = subprocess.run([self.trtexec] + args, cwd=self.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+        if proc.returncode != 0:
+            tail = proc.stdout.strip().splitlines()[-3:]
+            raise RunnerFailure("trtexec failed (exit {}): {}".format(proc.returncode, " | ".join(tail)))
+        return proc.stdout
+
+    def _engine_args(self, feeds):
+        shapes = ",".join("{}:{}".format(k, "x".join(str(d) for d in v.shape)) for k, v in feeds.items())
+        return ["--loadEngine=model.engine", "--shapes=" + shapes]
+
+    def run(self, feeds):
+        loads = []
+        for name, value in feeds.items():
+            path = os.path.join(self.folder, "in_{}.bin".format(name))
+            np.ascontiguousarray(value, dtype=np.float32).tofile(path)
+            loads.append("{}:{}".format(name, path))
+        self._call(self._engine_args(feeds) + ["--loadInputs=" + ",".join(loads), "--iterations=1", "--warmUp=0",
+                                               "--duration=0", "--exportOutput=outputs.json"])
+        with open(os.path.join(self.folder, "outputs.json")) as fh:
+            exported = json.load(fh)
+        return dict((o["name"], np.asarray(o["values"], dtype=np.float32).reshape(
+            [int(d) for d in str(o["dimensions"]).split("x")])) for o in exported)
+
+    def benchmark(self, feeds, runs, warmup):
+        """trtexec's own loop (a process per inference would time process start-up)."""
+        self._call(self._engine_args(feeds) + ["--iterations={}".format(runs), "--warmUp=0", "--duration=0",
+                                               "--exportTimes=times.json"])
+        with open(os.path.join(self.folder, "times.json")) as fh:
+            times = json.load(fh)
+        stats = latency_stats([t["latencyMs"] for t in times][-runs:])
+        stats["cpu_time_ms"] = None  # GPU work: host CPU time says little
+        return stats
+
+    def executed(self, feeds):
+        return {"compute_ops": {}, "precision_flags": self.spec.get("precision_flags"), "engine": "built on this device"}
+
+
+def _trt_version(log):
+    import re
+
+    match = re.search(r"TensorRT version: ([0-9.]+)", log) or re.search(r"\[TensorRT v(\d+)\]", log)
+    return match.group(1) if match else None
+
+
 SESSIONS = {"onnx": OrtSession, "openvino": OvSession}
 
 
-def open_artifact(path, threads, profile_ops=False):
+def open_artifact(path, threads, profile_ops=False, runtime=None):
+    """``runtime`` overrides the bundle's (the host checks a TensorRT graph in onnxruntime)."""
     bundle, folder = read_bundle(path)
     fmt = bundle.get("format")
-    if fmt not in SESSIONS:
-        raise RunnerFailure("bundle format {!r} is not run by this runner (knows {})".format(fmt, ", ".join(sorted(SESSIONS))))
     model_path = os.path.join(folder, bundle["model_file"])
     if not os.path.isfile(model_path):
         raise RunnerFailure("{}: model file named by the bundle is missing".format(model_path))
+    if (runtime or bundle.get("runtime")) == "tensorrt":
+        return TrtexecSession(model_path, bundle, folder)
+    if fmt not in SESSIONS:
+        raise RunnerFailure("bundle format {!r} is not run by this runner (knows {})".format(fmt, ", ".join(sorted(SESSIONS))))
     try:
         return SESSIONS[fmt](model_path, bundle.get("session_options", {}), threads, profile_ops)
     except ImportError as exc:
@@ -222,7 +296,7 @@ def peak_rss_mb():
 
 def run(args):
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    session = open_artifact(args.artifact, args.threads)
+    session = open_artifact(args.artifact, args.threads, runtime=args.runtime)
     result = {"runner_version": RUNNER_VERSION, "runtime": session.runtime, "runtime_version": session.version,
               "device": device_description(), "threads": args.threads}
     if args.input:
@@ -230,11 +304,15 @@ def run(args):
         feeds = {session.inputs[0][0]: given.astype(np.float32)}
         np.savez(args.output, **session.run(feeds))
         result["output_file"] = args.output
-        result["executed"] = open_artifact(args.artifact, args.threads, profile_ops=True).executed(feeds)
+        profiled = session if session.runtime == "tensorrt" else open_artifact(args.artifact, args.threads, True, args.runtime)
+        result["executed"] = profiled.executed(feeds)
     if args.runs > 0:
         feeds = input_feeds(session, args.batch, args.seed)
         result.update({"batch": args.batch, "runs": args.runs, "warmup": args.warmup})
-        result.update(time_runs(session, feeds, args.runs, args.warmup))
+        if hasattr(session, "benchmark"):
+            result.update(session.benchmark(feeds, args.runs, args.warmup))
+        else:
+            result.update(time_runs(session, feeds, args.runs, args.warmup))
     result["load_avg"] = [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -250,6 +328,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input", help=".npy input to run once; outputs go to --output")
     p.add_argument("--output", default="outputs.npz")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"],
+                   help="run with this runtime instead of the bundle's (e.g. check a TensorRT graph in onnxruntime)")
     args = p.parse_args(argv)
     if args.runs < 0 or args.warmup < 0 or args.threads < 1 or args.batch < 1:
         p.error("--runs/--warmup must be >= 0, --threads/--batch >= 1")

@@ -13,7 +13,8 @@ from edgevit.profiling import LocalTransport, runner_module
 from edgevit.profiling.executed import executed_precision
 
 RUNNER = resources.runner_script()
-ALLOWED_IMPORTS = {"argparse", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource",
+ALLOWED_IMPORTS = {"argparse", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource", "re", "shlex",
+                   "shutil", "subprocess",
                    "onnxruntime", "openvino", "__future__"}
 
 

@@ -57,3 +57,34 @@ def test_compress_writes_build_spec_and_fails_on_lint(cli, write_recipe, tmp_pat
     result = cli("compress", "--recipe", write_recipe(recipe.read_text().replace("x86-tensorrt", str(jetpack5)), "jp5.yaml"),
                  "--out", tmp_path / "bad")
     assert result.exit_code == 4 and "TensorRT 8.5 lint" in result.output and not (tmp_path / "bad").exists()
+
+
+def test_runner_tensorrt_path_against_a_fake_trtexec(cli, write_recipe, tmp_path, monkeypatch):
+    """The device side of TensorRT, driven against tests/fakes/trtexec, a FAKE that computes
+    nothing: this checks the runner's command sequence and parsing, not TensorRT."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgevit.profiling import LocalTransport
+
+    recipe = write_recipe("name: t\nmodel: {name: test_vit, model_args: {num_classes: 7}}\nexports: [x86-tensorrt]\n"
+                          "profile: {runs: 2, warmup: 0}\n")
+    assert cli("compress", "--recipe", recipe, "--out", tmp_path / "run").exit_code == 0
+    bundle = tmp_path / "run/artifacts/x86-tensorrt"
+    log = tmp_path / "trtexec.log"
+    monkeypatch.setenv("EDGEVIT_TRTEXEC", str(Path(__file__).parent / "fakes" / "trtexec"))
+    monkeypatch.setenv("FAKE_TRTEXEC_LOG", str(log))
+    result = LocalTransport().run(bundle, runs=5, warmup=1, threads=1, batch=1, inputs=np.zeros((2, 3, 160, 160), np.float32))
+    assert result.data["runtime"] == "tensorrt" and result.data["runtime_version"] == "10.3.0"
+    assert result.data["runs"] == 5 and result.data["p50_ms"] == pytest.approx(1.02)
+    assert result.outputs["logits"].shape == (2, 7)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "--saveEngine=model.engine" in calls[0] and "--noTF32" in calls[0]  # built on the device from the spec
+    assert any(a.startswith("--loadInputs=input:") for a in calls[1]) and "--exportOutput=outputs.json" in calls[1]
+    assert "--iterations=5" in calls[-1] and "--exportTimes=times.json" in calls[-1]
+    monkeypatch.setenv("EDGEVIT_TRTEXEC", str(tmp_path / "missing"))
+    from edgevit.errors import RunnerError
+
+    with pytest.raises(RunnerError, match="trtexec not found"):
+        LocalTransport().run(bundle, runs=1, warmup=0, threads=1, batch=1)

@@ -51,21 +51,22 @@ class AdbTransport:
         return proc
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
         made = self._adb("shell", f"mktemp -d {DEVICE_TMP}/edgevit.XXXXXX", timeout=30)
         if made.returncode != 0 or not made.stdout.strip():
             raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}")
         remote = made.stdout.strip()
         try:
-            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs)
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime)
         finally:
             self._adb("shell", f"rm -rf {shlex.quote(remote)}", timeout=30)  # nothing left on the device
 
-    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs) -> RunnerResult:
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-adb-") as tmp:
             sources = [str(resources.runner_script()), *map(str, _artifact_files(artifact))]
             args = [self.python, f"{remote}/runner.py", f"{remote}/{_remote_name(artifact)}", "--runs", str(runs),
                     "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
+            args += ["--runtime", runtime] if runtime else []
             if inputs is not None:
                 np.save(Path(tmp) / "input.npy", inputs)
                 sources.append(str(Path(tmp) / "input.npy"))

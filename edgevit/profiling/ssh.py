@@ -86,7 +86,7 @@ class SshTransport:
                               "is the device up? raise ?timeout= or lower --runs") from None
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
         t = self.target
         made = self._ssh("mktemp -d /tmp/edgevit.XXXXXX", CONNECT_TIMEOUT_S * 3)
         if made.returncode != 0:
@@ -94,17 +94,18 @@ class SshTransport:
                               f"{(made.stderr.strip().splitlines() or ['?'])[-1]}", "check host, port, user and key")
         remote = made.stdout.strip()
         try:
-            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs)
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime)
         finally:
             self._ssh(f"rm -rf {shlex.quote(remote)}", CONNECT_TIMEOUT_S * 3)  # nothing left on the device
 
-    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs) -> RunnerResult:
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
         t = self.target
         files = _artifact_files(artifact)
         with tempfile.TemporaryDirectory(prefix="edgevit-ssh-") as tmp:
             sources = [str(resources.runner_script()), *map(str, files)]
             args = [t.python, f"{remote}/runner.py", f"{remote}/{_remote_name(artifact)}", "--runs", str(runs),
                     "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
+            args += ["--runtime", runtime] if runtime else []
             if inputs is not None:
                 np.save(Path(tmp) / "input.npy", inputs)
                 sources.append(str(Path(tmp) / "input.npy"))

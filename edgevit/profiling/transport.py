@@ -32,7 +32,7 @@ class Transport(Protocol):
     name: str
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
         ...
 
 
@@ -40,10 +40,12 @@ class LocalTransport:
     name = "local"
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-run-") as tmp:
             cmd = [sys.executable, str(resources.runner_script()), str(artifact), "--runs", str(runs),
                    "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
+            if runtime:
+                cmd += ["--runtime", runtime]
             out_file = Path(tmp) / "outputs.npz"
             if inputs is not None:
                 np.save(Path(tmp) / "input.npy", inputs)
