@@ -88,3 +88,14 @@ def test_runner_tensorrt_path_against_a_fake_trtexec(cli, write_recipe, tmp_path
 
     with pytest.raises(RunnerError, match="trtexec not found"):
         LocalTransport().run(bundle, runs=1, warmup=0, threads=1, batch=1)
+
+
+def test_int8_for_tensorrt_is_symmetric_and_passes_the_lint(cli, write_recipe, tmp_path):
+    recipe = write_recipe("name: t\nmodel: {name: test_vit, model_args: {num_classes: 10}}\n"
+                          "passes: [{kind: quantize, method: uniform, weights: int8}]\n"
+                          "exports: [x86-tensorrt, x86-onnxruntime]\nprofile: {runs: 2, warmup: 0}\n")
+    result = cli("compress", "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    trt, ort = json.loads((tmp_path / "run/report.json").read_text())["artifacts"]
+    assert trt["lint"]["passed"] and trt["check"]["passed"]
+    assert lint(tmp_path / "run" / ort["path"] / "model.onnx", "10.3")  # the ORT form (uint8 activations) would not pass

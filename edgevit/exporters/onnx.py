@@ -66,7 +66,8 @@ def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext,
     graph = export_onnx_graph(model, ctx, opset, forms)
     if not plan.quantized:
         return graph
-    key = f"{graph}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}"
+    symmetric = (forms or {}).get("int8_activations") == "symmetric"
+    key = f"{graph}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}-{symmetric}"
     if key in ctx.cache:
         return ctx.cache[key]
     from edgevit.exporters.quantize_onnx import quantize_graph
@@ -76,7 +77,8 @@ def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext,
     calibration = None
     if any(p == "int8" for p in plan.layer_precision.values()):
         calibration = ctx.calibration.images(ctx.preprocessing).numpy()
-    quantize_graph(graph, out, plan.layer_precision, plan.int4_block, calibration, INPUT_NAME, plan.activation_clip_percentile)
+    quantize_graph(graph, out, plan.layer_precision, plan.int4_block, calibration, INPUT_NAME,
+                   plan.activation_clip_percentile, symmetric_activations=symmetric)
     ctx.cache[key] = out
     return out
 

@@ -61,7 +61,7 @@ class _Calibration:
 
 def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_blocks: dict[str, int],
                    calibration: np.ndarray | None, input_name: str = "input",
-                   clip_percentile: float | None = None) -> dict[str, int]:
+                   clip_percentile: float | None = None, symmetric_activations: bool = False) -> dict[str, int]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -78,12 +78,14 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
         if calibration is None:
             raise ExportError("int8 activations need calibration images", "pass --calib-data DIR")
         with _quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger; we quantize the raw export on purpose
-                quantize_static(str(src), str(stage), _Calibration(calibration, input_name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                # uint8 activations are fastest in ORT on x86; TensorRT needs zero points of 0: int8, symmetric
+            quantize_static(str(src), str(stage), _Calibration(calibration, input_name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                             op_types_to_quantize=["MatMul"], nodes_to_quantize=int8,
                             # percentile calibration clips activation outliers; min/max keeps them
                             calibrate_method=CalibrationMethod.Percentile if clip_percentile else CalibrationMethod.MinMax,
-                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS,
+                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS, "ActivationSymmetric": symmetric_activations,
                                            **({"CalibPercentile": clip_percentile} if clip_percentile else {})})
     else:
         shutil.copy(src, stage)
