@@ -1,53 +1,25 @@
 """The ssh transport against a real OpenSSH server on 127.0.0.1 (started and stopped here)."""
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgevit.bench.loopback_sshd import available as loopback_sshd_available
+from edgevit.bench.loopback_sshd import free_port as _free_port
+from edgevit.bench.loopback_sshd import loopback_sshd
 from edgevit.errors import EdgevitError, RunnerError
 from edgevit.profiling import transport_for
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not os.path.exists(SSHD) or os.geteuid() != 0,
+pytestmark = pytest.mark.skipif(not loopback_sshd_available(),
                                 reason="needs Debian's openssh-server and root (.ci/run installs it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {d / 'host'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n"
-        "Subsystem sftp internal-sftp\nPidFile none\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    url = (f"ssh://root@127.0.0.1:{port}?identity={d / 'client'}&known_hosts={d / 'known_hosts'}"
-           f"&python={sys.executable}&timeout=120")
-    yield url
-    proc.terminate()  # stopped by its own PID
-    proc.wait(timeout=10)
+def sshd():
+    with loopback_sshd() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

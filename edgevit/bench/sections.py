@@ -4,6 +4,7 @@ from edgevit.bench import tokens  # noqa: F401
 from edgevit.bench import pruning  # noqa: F401
 from edgevit.bench import quantization  # noqa: F401
 from edgevit.bench import nncf_peer  # noqa: F401
+from edgevit.bench import targets  # noqa: F401
 from edgevit.bench.context import SECTIONS, BenchContext
 
 __all__ = ["SECTIONS", "BenchContext"]
