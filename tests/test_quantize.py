@@ -142,3 +142,32 @@ def test_activation_outlier_clipping_changes_the_calibrated_ranges(tmp_path):
         q_inputs = {n.input[1] for n in m.graph.node if n.op_type == "QuantizeLinear"}
         scales[label] = np.array([float(numpy_helper.to_array(i)) for i in m.graph.initializer if i.name in q_inputs])
     assert scales["clipped"].mean() < scales["minmax"].mean()
+
+
+def test_lowering_touches_only_the_planned_layers(tmp_path):
+    """A layer planned fp32 stays a float MatMul; int4 layers get their own block size."""
+    import onnx
+    from onnx import helper
+
+    from edgevit.exporters.base import ExportContext
+    from edgevit.exporters.onnx import export_onnx_graph
+    from edgevit.exporters.quantize_onnx import linear_nodes, quantize_graph
+
+    loaded = load_model("test_vit")
+    graph = export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 21)
+    nodes = linear_nodes(onnx.load(str(graph)))
+    names = sorted(nodes)
+    plan = {names[0]: "fp32", names[1]: "int4", names[2]: "int4", **{n: "int8" for n in names[3:]}}
+    quantize_graph(graph, tmp_path / "q.onnx", plan, {names[1]: 16, names[2]: 32}, torch.randn(8, *loaded.input_size).numpy())
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    assert by_name[nodes[names[0]]].input[1] in inits  # still a float weight initializer
+    blocks = {}
+    for module in names[1:3]:
+        dq = producers[by_name[nodes[module] + "_matmul_Q4"].input[1]]  # the quantizer renames what it converts
+        blocks[module] = next(a.i for a in dq.attribute if a.name == "block_size")
+        assert helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type).name == "int4"
+    assert blocks == {names[1]: 16, names[2]: 32}
+    assert not any(n.metadata_props for n in model.graph.node)
