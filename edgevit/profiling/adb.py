@@ -14,10 +14,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from edgevit import resources
 from edgevit.errors import EdgevitError, RunnerError
-from edgevit.profiling.ssh import _artifact_files, _remote_name
-from edgevit.profiling.transport import RunnerResult, parse_runner_output
+from edgevit.profiling.transport import RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command
 
 DEVICE_TMP = "/data/local/tmp"
 
@@ -63,14 +61,9 @@ class AdbTransport:
 
     def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-adb-") as tmp:
-            sources = [str(resources.runner_script()), *map(str, _artifact_files(artifact))]
-            args = [self.python, f"{remote}/runner.py", f"{remote}/{_remote_name(artifact)}", "--runs", str(runs),
-                    "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
-            args += ["--runtime", runtime] if runtime else []
-            if inputs is not None:
-                np.save(Path(tmp) / "input.npy", inputs)
-                sources.append(str(Path(tmp) / "input.npy"))
-                args += ["--input", f"{remote}/input.npy", "--output", f"{remote}/outputs.npz"]
+            sources = files_to_send(artifact, inputs, Path(tmp))
+            args = runner_command(self.python, f"{remote}/runner.py", remote_artifact(remote, artifact), remote,
+                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None)
             pushed = self._adb("push", *sources, f"{remote}/")
             if pushed.returncode != 0:
                 raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}")

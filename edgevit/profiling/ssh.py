@@ -8,7 +8,6 @@ interpreter, default python3), ``timeout`` (seconds, default 600).
 """
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import tempfile
@@ -18,9 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from edgevit import resources
 from edgevit.errors import EdgevitError, RunnerError
-from edgevit.profiling.transport import RunnerResult, parse_runner_output
+from edgevit.profiling.transport import RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command
 
 CONNECT_TIMEOUT_S = 10
 
@@ -100,16 +98,10 @@ class SshTransport:
 
     def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
         t = self.target
-        files = _artifact_files(artifact)
         with tempfile.TemporaryDirectory(prefix="edgevit-ssh-") as tmp:
-            sources = [str(resources.runner_script()), *map(str, files)]
-            args = [t.python, f"{remote}/runner.py", f"{remote}/{_remote_name(artifact)}", "--runs", str(runs),
-                    "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
-            args += ["--runtime", runtime] if runtime else []
-            if inputs is not None:
-                np.save(Path(tmp) / "input.npy", inputs)
-                sources.append(str(Path(tmp) / "input.npy"))
-                args += ["--input", f"{remote}/input.npy", "--output", f"{remote}/outputs.npz"]
+            sources = files_to_send(artifact, inputs, Path(tmp))
+            args = runner_command(t.python, f"{remote}/runner.py", remote_artifact(remote, artifact), remote,
+                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None)
             self._scp(sources, f"{t.destination}:{remote}/", t.timeout)
             proc = self._ssh(" ".join(shlex.quote(a) for a in args), t.timeout)
             if proc.returncode == 127:
@@ -123,14 +115,3 @@ class SshTransport:
         data["where_run"] = f"{t.destination}:{t.port} (ssh)"
         return RunnerResult(data, outputs)
 
-
-def _artifact_files(artifact: Path) -> list[Path]:
-    """The bundle's files (flat, as the runner expects them beside bundle.json) or the one file."""
-    if artifact.is_dir():
-        bundle = json.loads((artifact / "bundle.json").read_text())
-        return [artifact / "bundle.json", *(artifact / f for f in bundle["files"])]
-    return [artifact]
-
-
-def _remote_name(artifact: Path) -> str:
-    return "" if artifact.is_dir() else artifact.name

@@ -42,14 +42,11 @@ class LocalTransport:
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
             inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-run-") as tmp:
-            cmd = [sys.executable, str(resources.runner_script()), str(artifact), "--runs", str(runs),
-                   "--warmup", str(warmup), "--threads", str(threads), "--batch", str(batch)]
-            if runtime:
-                cmd += ["--runtime", runtime]
             out_file = Path(tmp) / "outputs.npz"
             if inputs is not None:
                 np.save(Path(tmp) / "input.npy", inputs)
-                cmd += ["--input", str(Path(tmp) / "input.npy"), "--output", str(out_file)]
+            cmd = runner_command(sys.executable, str(resources.runner_script()), str(artifact), tmp,
+                                 runs, warmup, threads, batch, runtime, with_io=inputs is not None)
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -61,6 +58,39 @@ class LocalTransport:
                     outputs = {k: npz[k] for k in npz.files}
         data["where_run"] = "this machine (local)"
         return RunnerResult(data, outputs)
+
+
+def runner_command(python: str, runner: str, artifact: str, work: str, runs: int, warmup: int, threads: int,
+                   batch: int, runtime: str | None, with_io: bool) -> list[str]:
+    """The runner's command line, the same for every transport; ``work`` holds input.npy
+    and receives outputs.npz (paths as the target sees them)."""
+    cmd = [python, runner, artifact, "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
+           "--batch", str(batch)]
+    if runtime:
+        cmd += ["--runtime", runtime]
+    if with_io:
+        cmd += ["--input", f"{work}/input.npy", "--output", f"{work}/outputs.npz"]
+    return cmd
+
+
+def files_to_send(artifact: Path, inputs: np.ndarray | None, tmp: Path) -> list[str]:
+    """What a remote transport copies into its work folder: the runner, the bundle's files
+    (flat, beside bundle.json, as the runner expects) or the one artifact file, and the input."""
+    if artifact.is_dir():
+        bundle = json.loads((artifact / "bundle.json").read_text())
+        files = [artifact / "bundle.json", *(artifact / f for f in bundle["files"])]
+    else:
+        files = [artifact]
+    sources = [str(resources.runner_script()), *map(str, files)]
+    if inputs is not None:
+        np.save(tmp / "input.npy", inputs)
+        sources.append(str(tmp / "input.npy"))
+    return sources
+
+
+def remote_artifact(remote: str, artifact: Path) -> str:
+    """The artifact's path in a remote work folder (the folder itself for a bundle)."""
+    return f"{remote}/" if artifact.is_dir() else f"{remote}/{artifact.name}"
 
 
 def parse_runner_output(artifact: Path, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
