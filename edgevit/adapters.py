@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from edgevit.errors import ModelError
@@ -55,6 +56,22 @@ class ModelAdapter:
     def token_grid(self, stage: int = 0) -> tuple[int, int]:
         raise NotImplementedError
 
+    # The forward pass as steps, so a model can be cut between blocks (early-exit stages):
+    # stem(x) -> run_block(0) ... run_block(n-1) -> finish. Tests check the steps compose
+    # to model(x), so this cannot drift from timm's forward silently.
+    def stem(self, x: torch.Tensor):
+        raise NotImplementedError
+
+    def run_block(self, index: int, x):
+        raise NotImplementedError
+
+    def finish(self, x) -> torch.Tensor:
+        return self.model.forward_head(self.model.norm(x))
+
+    def tokens(self, x) -> torch.Tensor:
+        """[B, N, C] tokens of a block's output (token-reduced blocks pass (tokens, sizes))."""
+        return x[0] if isinstance(x, tuple) else x
+
     def summary(self) -> dict:
         blocks = self.blocks()
         heads = [b.attention.num_heads for b in blocks]
@@ -92,6 +109,13 @@ class VitAdapter(ModelAdapter):
     def token_grid(self, stage: int = 0) -> tuple[int, int]:
         return tuple(self.model.patch_embed.grid_size)  # type: ignore[return-value]
 
+    def stem(self, x: torch.Tensor):
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+
+    def run_block(self, index: int, x):
+        return self.model.blocks[index](x)
+
 
 class SwinAdapter(ModelAdapter):
     """timm SwinTransformer (v1) and SwinTransformerV2: blocks live in layers[s].blocks."""
@@ -120,6 +144,26 @@ class SwinAdapter(ModelAdapter):
             if not isinstance(layer.downsample, nn.Identity):
                 h, w = h // 2, w // 2
         return int(h), int(w)
+
+    def stem(self, x: torch.Tensor):
+        return self.model.patch_embed(x)
+
+    def run_block(self, index: int, x):
+        stage, within = self._locate(index)
+        layer = self.model.layers[stage]
+        if within == 0:
+            x = layer.downsample(x)
+        return layer.blocks[within](x)
+
+    def tokens(self, x) -> torch.Tensor:
+        return x.flatten(1, 2)  # [B, H, W, C] -> [B, HW, C]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        for stage, layer in enumerate(self.model.layers):
+            if index < len(layer.blocks):
+                return stage, index
+            index -= len(layer.blocks)
+        raise IndexError("block index out of range")
 
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (VitAdapter, SwinAdapter)

@@ -111,3 +111,24 @@ class Top1Counter:
             name: {"top1": self.correct[name] / self.n, "agreement_with_" + self.reference: self.agree[name] / self.n}
             for name in self.names
         }
+
+
+def check_all_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], precision: str,
+                      random_weights: bool = False) -> dict[str, Any]:
+    """Check every reference output (a cascade has one per exit): the record is the final
+    output's, with each output's verdict listed; it passes only if all pass."""
+    checks = {}
+    for name, ref in reference.items():
+        got = outputs.get(name)
+        if got is None and len(reference) == 1 and outputs:
+            got = next(iter(outputs.values()))  # a bare model file may name its output differently
+        checks[name] = (check_outputs(ref, got, precision, random_weights) if got is not None
+                        else {"passed": False, "reason": f"runner returned no output '{name}'"})
+    final = dict(checks[list(reference)[-1]])
+    if len(checks) > 1:
+        final["outputs"] = {k: {"passed": c["passed"], "value": c.get("value")} for k, c in checks.items()}
+        failed = [f"{k}: {c['reason']}" for k, c in checks.items() if not c["passed"]]
+        final["passed"] = not failed
+        if failed:
+            final["reason"] = "; ".join(failed)
+    return final

@@ -17,10 +17,14 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) -> int:
-    x = torch.zeros((batch, *input_size))
+    return count_call_flops(model, torch.zeros((batch, *input_size)))
+
+
+def count_call_flops(fn, *args: Any) -> int:
+    """FLOPs of one call, e.g. a cascade stage fed with the previous stage's features."""
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
-        model(x)
+        fn(*args)
     return int(counter.get_total_flops())
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgevit import progress
@@ -15,9 +16,10 @@ from edgevit.adapters import adapter_for
 from edgevit.artifacts import Staging, sha256_file
 from edgevit.calibration import CalibrationSet, resolve_calibration
 from edgevit.accuracy import artifact_predictor, measure_top1, torch_predictor
-from edgevit.data import ImageFolder, jsonable_config, load_images, scan_image_folder, synthetic_images
+from edgevit.data import ImageFolder, jsonable_config, label_map, load_images, scan_image_folder, synthetic_images
 from edgevit.errors import CheckFailed, EdgevitError, ModelError
-from edgevit.evaluation import CHECK_THRESHOLDS, check_outputs
+from edgevit.cascade import exit_specs, forward_all_exits
+from edgevit.evaluation import CHECK_THRESHOLDS, check_all_outputs
 from edgevit.exporters import EXPORTERS, ExportContext, LoweringPlan, TargetProfile, load_profile
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
@@ -124,8 +126,9 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     save_model_folder(loaded, model, records, stage / "model")
 
     check_x = _check_batch(inputs.eval_folder, recipe, data_config, input_size)
-    with torch.no_grad():
-        reference = model(check_x).numpy()
+    with torch.no_grad():  # a cascade is checked on every exit's logits, not only the last
+        reference = ({k: v.numpy() for k, v in forward_all_exits(model, check_x).items()} if exit_specs(model)
+                     else {OUTPUT_NAME: model(check_x).numpy()})
     plan = LoweringPlan.from_records(records)
     ectx = ExportContext(example_input=check_x, preprocessing=jsonable_config(data_config), label_names=loaded.label_names, calibration=calibration)
     transport = transport_for(recipe.profile.target)
@@ -139,6 +142,9 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     accuracy = None
     if inputs.eval_folder is not None:
         accuracy = _evaluate(model, loaded, inputs.eval_folder, data_config, recipe, stage, artifacts)
+    cascade = None
+    if exit_specs(model):
+        cascade = _evaluate_cascades(loaded, inputs.eval_folder, data_config, recipe, stage, artifacts, transport)
 
     calib_text = calibration.manifest_text()
     (stage / "calibration.yaml").write_text(calib_text)
@@ -155,7 +161,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         "artifacts": artifacts,
         "accuracy": accuracy,
         "profile": profiles,
-        "cascade": None,
+        "cascade": cascade,
         "warnings": warnings,
         "versions": library_versions(),
     }
@@ -206,10 +212,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         progress.step(f"checking and profiling {profile.name} on {transport.name} ({p.runs} runs, {p.threads} threads, batch {p.batch})")
     result = transport.run(bundle.path, runs=0 if standin else p.runs, warmup=p.warmup, threads=p.threads, batch=p.batch,
                            inputs=check_x.numpy(), runtime=profile.local_standin if standin else None)
-    outputs = result.outputs or {}
-    got = outputs.get(OUTPUT_NAME, next(iter(outputs.values()), None))
-    check = (check_outputs(reference, got, bundle.data["precision"], random_weights)
-             if got is not None else {"passed": False, "reason": "runner returned no outputs"})
+    check = check_all_outputs(reference, result.outputs or {}, bundle.data["precision"], random_weights)
     data = result.data
     executed = data.pop("executed", None)
     if standin:
@@ -248,6 +251,8 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         timing = {k: data.get(k) for k in ("runtime", "runtime_version", "device", "threads", "batch", "runs", "warmup",
                                             "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
                                             "cpu_time_ms", "load_avg", "peak_rss_mb", "where_run")}
+        if "cascade" in bundle.data:
+            timing["path"] = "every stage, no exit taken (worst case); the cascade's measured latency is in report.cascade"
     return artifact, timing
 
 
@@ -267,6 +272,30 @@ def _evaluate(model, loaded: LoadedModel, folder: ImageFolder, data_config, reci
         predictors[a["name"]] = artifact_predictor(session, OUTPUT_NAME)
     return measure_top1(predictors, folder, recipe.evaluation.n, recipe.seed, data_config,
                         recipe.evaluation.batch_size, loaded.label_names)
+
+
+def _evaluate_cascades(loaded: LoadedModel, folder: ImageFolder | None, data_config, recipe: Recipe, stage: Path,
+                       artifacts, transport) -> dict[str, Any]:
+    """Each cascade artifact run as a cascade by the device runner on the evaluation images:
+    exit histogram, latency per stage and end to end, accuracy, and the same network
+    without exits interleaved for the speed-up."""
+    if folder is None:
+        return {"evaluated": False, "reason": "no --data given: exits and accuracy need real images"}
+    samples = folder.subset(recipe.evaluation.cascade_n, recipe.seed)
+    mapping, _ = label_map(folder.classes, loaded.label_names)
+    images = load_images(samples, data_config).numpy()
+    labels = np.array([mapping[y] for _, y in samples], dtype=np.int64)
+    p = recipe.profile
+    out: dict[str, Any] = {"evaluated": True, "images": len(samples), "data": str(folder.root), "artifacts": {}}
+    for a in artifacts:
+        if a["checked_in"] != a["runtime"]:
+            out["artifacts"][a["name"]] = {"evaluated": False, "reason": f"{a['runtime']} not run here"}
+            continue
+        progress.step(f"running the cascade {a['name']} on {len(samples)} images ({transport.name}, batch {p.batch})")
+        result = transport.run(stage / a["path"], runs=0, warmup=0, threads=p.threads, batch=p.batch,
+                               eval_set={"images": images, "labels": labels})
+        out["artifacts"][a["name"]] = {**result.data["cascade"], "where_run": result.data.get("where_run")}
+    return out
 
 
 def _model_section(loaded: LoadedModel, model, data_config) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class EvaluationSpec(StrictModel):
     n: int | None = Field(None, ge=1, description="seeded random subset of --data; all images if omitted")
     batch_size: int = Field(64, ge=1, le=4096)
     check_batch: int = Field(8, ge=1, le=256, description="images in the fixed batch of the numerical check")
+    cascade_n: int = Field(1000, ge=1, description="images of --data the early-exit cascade is run on (latency + exits)")
 
 
 class ProfileSpec(StrictModel):
@@ -98,6 +99,7 @@ def load_recipe(name_or_path: str | Path) -> LoadedRecipe:
     except ValidationError as exc:
         raise RecipeError(f"{path}: {first_error(exc, Recipe)}", "see README 'Recipes' for the schema") from None
     _check_exports_exist(path, recipe.exports)
+    _check_composition(path, [p.kind for p in recipe.passes])
     return LoadedRecipe(recipe=recipe, path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -118,6 +120,20 @@ def _validate_pass(path: Path, index: int, block: Any) -> PassConfig:
         return config_type.model_validate(block)
     except ValidationError as exc:
         raise RecipeError(f"{where}.{first_error(exc, config_type)}", f"see the '{kind}' pass in the README") from None
+
+
+def _check_composition(path: Path, kinds: list[str]) -> None:
+    """Orders and combinations the passes cannot honour, refused before any work."""
+    if "exits" in kinds and kinds.count("exits") > 1:
+        raise RecipeError(f"{path}: passes: more than one exits pass", "give one exits pass with all its exits")
+    if "exits" in kinds and "quantize" in kinds:
+        # Quantized stage graphs would need per-stage calibration and their thresholds
+        # re-calibrated on what the runtime really runs; until then, refuse honestly.
+        raise RecipeError(f"{path}: passes: exits and quantize in one recipe are not supported yet",
+                          "export the cascade in fp32 (drop quantize), or quantize without exits")
+    if "exits" in kinds and kinds.index("exits") != len(kinds) - 1:
+        raise RecipeError(f"{path}: passes: exits must be the last pass (heads are trained on the final backbone)",
+                          "move the exits block after prune / evit / tome")
 
 
 def _check_exports_exist(path: Path, names: list[str]) -> None:

@@ -34,6 +34,28 @@ def _bit_chart(bits: dict[str, int], relevance: dict[str, float]) -> list[str]:
     return lines + [""]
 
 
+def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
+    """The early-exit cascade as the device runner measured it on the evaluation images."""
+    if not cascade:
+        return []
+    lines = ["", "## Early-exit cascade (measured)", ""]
+    if not cascade.get("evaluated"):
+        return lines + [f"not run: {cascade.get('reason')}"]
+    lines += [f"{cascade['images']} images of `{cascade['data']}`, run by the device runner as a cascade and, interleaved "
+              "batch by batch, as the same network without exits (the full model).", "",
+              "| target | top-1 cascade | top-1 full | exits taken (per exit, last = final classifier) | mean ms | p50 ms | p90 ms "
+              "| full mean ms | full p90 ms | speed-up (mean) | where run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, c in cascade["artifacts"].items():
+        if not c.get("evaluated", True):
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | not run: {c['reason']} |")
+            continue
+        lat, full = c["latency"], c.get("full_model_latency") or {}
+        lines.append(f"| {name} | {_fmt(c['accuracy'], 4)} | {_fmt(c.get('full_model_accuracy'), 4)} | {c['exit_histogram']} "
+                     f"| {_fmt(lat['mean_ms'])} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(full.get('mean_ms'))} "
+                     f"| {_fmt(full.get('p90_ms'))} | {_fmt(c.get('speedup_mean'))}x | {c['where_run']} |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m, r = report["model"], report["recipe"]
     lines = [
@@ -83,6 +105,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| model | top-1 | agreement with PyTorch |", "|---|---|---|"]
         for name, top1 in acc["top1"].items():
             lines.append(f"| {name} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
+    lines += _cascade_section(report.get("cascade"))
     lines += ["", "## Latency", "",
               "| target | runtime | threads | batch | runs | p50 ms | p90 ms | p99 ms | mean ms | CPU ms/inference | load avg (before, after) | where run |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -70,23 +70,38 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | I
     loader = torch.utils.data.DataLoader(_TrainSet(samples, data_config), batch_size=cfg.batch_size, shuffle=True,
                                          generator=gen, drop_last=len(samples) > cfg.batch_size)
     params = trainable if trainable is not None else [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = max(1, math.ceil(cfg.epochs * len(loader)))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01)
-    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     if teacher is not None:
         teacher.eval()
     student.train()
+    loop = train_loop(params, lambda: loader, lambda batch: _loss(student, teacher, *batch, cfg), cfg,
+                      f"fine-tuning ({cfg.loss})", after_step)
+    student.eval()
+    return {
+        "loss": cfg.loss, "images_per_epoch": len(samples), "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "augmentation": "none (evaluation preprocessing)", "train_data": str(folder.root), "seed": seed, **loop,
+    }
+
+
+def train_loop(params: list[nn.Parameter], epoch_batches: Callable[[], Any], batch_loss: Callable[[Any], torch.Tensor],
+               cfg: FinetuneConfig, label: str, after_step: Callable[[], None] | None = None) -> dict[str, Any]:
+    """AdamW + cosine schedule + gradient clipping over ``cfg.epochs`` passes of
+    ``epoch_batches()`` (a fresh iterable per epoch), stopped early by ``cfg.max_minutes``.
+    Seeding is the caller's (it owns the data order). Returns the training figures."""
+    steps_per_epoch = len(epoch_batches())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01)
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     steps, losses, started, stopped_by = 0, [], time.monotonic(), "epochs"
-    with progress.progress(f"fine-tuning ({cfg.loss})", total_steps) as advance:
+    with progress.progress(label, total_steps) as advance:
         while steps < total_steps:
-            for x, y in loader:
+            for batch in epoch_batches():
                 if steps >= total_steps:
                     break
                 if time.monotonic() > deadline:
                     stopped_by = "max_minutes"
                     break
-                loss = _loss(student, teacher, x, y, cfg)
+                loss = batch_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -99,12 +114,10 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | I
                 advance(1)
             if stopped_by != "epochs":
                 break
-    student.eval()
     window = max(1, min(20, len(losses) // 4))
     return {
-        "loss": cfg.loss, "steps": steps, "epochs": steps / max(1, len(loader)), "images_per_epoch": len(samples),
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "augmentation": "none (evaluation preprocessing)", "wall_s": round(time.monotonic() - started, 2),
-        "stopped_by": stopped_by, "train_data": str(folder.root), "seed": seed, "threads": torch.get_num_threads(),
+        "steps": steps, "epochs": steps / max(1, steps_per_epoch), "wall_s": round(time.monotonic() - started, 2),
+        "stopped_by": stopped_by, "threads": torch.get_num_threads(),
         "loss_first": sum(losses[:window]) / window if losses else None,
         "loss_last": sum(losses[-window:]) / window if losses else None,
         "reproducible": torch.get_num_threads() == 1,  # multi-threaded reductions may differ run to run

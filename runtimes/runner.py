@@ -30,6 +30,7 @@ ORT_COMPUTE_OPS = (
     "QLinearConv", "ConvInteger", "MatMulNBits", "QAttention",
 )
 OV_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledAttn", "ScaledDotProductAttention", "GroupConvolution")
+TFLITE_COMPUTE_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
 
 
 class RunnerFailure(Exception):
@@ -48,9 +49,9 @@ def read_bundle(path):
         return bundle, os.path.dirname(os.path.abspath(path))
     if not os.path.isfile(path):
         raise RunnerFailure("{}: artifact not found".format(path))
-    fmt = {".onnx": "onnx", ".xml": "openvino"}.get(os.path.splitext(path)[1])
+    fmt = {".onnx": "onnx", ".xml": "openvino", ".tflite": "litert"}.get(os.path.splitext(path)[1])
     if fmt is None:
-        raise RunnerFailure("{}: give a bundle folder, bundle.json, .onnx or OpenVINO .xml".format(path))
+        raise RunnerFailure("{}: give a bundle folder, bundle.json, .onnx, OpenVINO .xml or .tflite".format(path))
     bundle = {"format": fmt, "model_file": os.path.basename(path), "session_options": {}}
     return bundle, os.path.dirname(os.path.abspath(path))
 
@@ -215,7 +216,106 @@ def _trt_version(log):
     return match.group(1) if match else None
 
 
-SESSIONS = {"onnx": OrtSession, "openvino": OvSession}
+class LiteRtSession(object):
+    """LiteRT / TFLite: ai-edge-litert's interpreter, or tflite-runtime's (what boards in
+    the field often have; same API). Both apply XNNPACK, the CPU delegate, by default.
+
+    TFLite graphs are static-shape. A graph exported with a dynamic batch (shape_signature
+    -1) is resized to the batch fed; a fixed-batch graph is fed a larger batch in slices
+    (checks and accuracy), while timing refuses another --batch (input_feeds says so).
+    int8 inputs/outputs are (de)quantized with the tensor's own scale and zero point."""
+
+    runtime = "litert"
+
+    def __init__(self, model_path, options, threads, profile_ops=False):
+        try:
+            from ai_edge_litert import interpreter as tfl
+
+            import ai_edge_litert
+
+            self.version = "ai-edge-litert " + str(getattr(ai_edge_litert, "__version__", "?"))
+        except ImportError:
+            from tflite_runtime import interpreter as tfl  # ImportError -> "runtime not installed"
+
+            import tflite_runtime
+
+            self.version = "tflite-runtime " + str(getattr(tflite_runtime, "__version__", "?"))
+        self.interpreter = tfl.Interpreter(model_path=model_path, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input_details = self.interpreter.get_input_details()
+        self.output_details = self.interpreter.get_output_details()
+        self.dynamic_batch = all(int(d["shape_signature"][0]) == -1 for d in self.input_details)
+        self.inputs = [(d["name"], ["batch" if self.dynamic_batch and i == 0 else int(s) for i, s in enumerate(d["shape"])],
+                        d["dtype"].__name__) for d in self.input_details]
+        self.output_names = [d["name"] for d in self.output_details]
+
+    def _invoke(self, feeds):
+        it = self.interpreter
+        for d in self.input_details:
+            value = np.asarray(feeds[d["name"]])
+            if self.dynamic_batch and tuple(value.shape) != tuple(it.get_tensor(d["index"]).shape):
+                it.resize_tensor_input(d["index"], list(value.shape), strict=False)
+                it.allocate_tensors()
+            it.set_tensor(d["index"], _to_tensor(value, d))
+        it.invoke()
+        return dict((d["name"], _from_tensor(it.get_tensor(d["index"]), d)) for d in self.output_details)
+
+    def run(self, feeds):
+        graph_batch = int(self.input_details[0]["shape"][0])
+        fed = int(np.asarray(feeds[self.input_details[0]["name"]]).shape[0])
+        if self.dynamic_batch or fed == graph_batch:
+            return self._invoke(feeds)
+        if fed % graph_batch:
+            raise RunnerFailure("the .tflite graph has a fixed batch of {}; a batch of {} is not a multiple of it "
+                                "(re-export with session_options.batch)".format(graph_batch, fed))
+        parts = [self._invoke(dict((k, v[i:i + graph_batch]) for k, v in feeds.items()))
+                 for i in range(0, fed, graph_batch)]
+        return dict((name, np.concatenate([p[name] for p in parts])) for name in self.output_names)
+
+    def executed(self, feeds):
+        """Per compute op type, the precision its kernel runs in (from the operand dtypes:
+        int8 operands -> int8; fp32 activations with fp16 weights, direct or through a
+        DEQUANTIZE -> fp16 weights), and how many delegate partitions (XNNPACK) there are."""
+        it = self.interpreter
+        dtypes = dict((t["index"], t["dtype"].__name__) for t in it.get_tensor_details())
+        ops = it._get_ops_details()  # pylint: disable=protected-access  (public API has no op list)
+        producer = dict((out, op) for op in ops for out in op["outputs"])
+        counts, partitions = {}, 0
+        for op in ops:
+            if op["op_name"] == "DELEGATE":
+                partitions += 1
+            if op["op_name"] not in TFLITE_COMPUTE_OPS:
+                continue
+            kinds = set()
+            for index in op["inputs"]:
+                src = producer.get(index)
+                if src is not None and src["op_name"] == "DEQUANTIZE" and src["inputs"]:
+                    index = src["inputs"][0]
+                kinds.add(dtypes.get(index, "?"))
+            precision = "int8" if kinds & set(["int8", "uint8"]) else "fp16" if "float16" in kinds else "fp32"
+            key = "{}@{}".format(op["op_name"], precision)
+            counts[key] = counts.get(key, 0) + 1
+        return {"compute_ops": counts, "delegate_partitions": partitions}
+
+
+def _to_tensor(value, detail):
+    """A float input into the tensor's dtype (int8 inputs: quantized with its scale/zero point)."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _from_tensor(value, detail):
+    if np.issubdtype(value.dtype, np.integer) and detail["quantization"][0]:
+        scale, zero = detail["quantization"]
+        return (value.astype(np.float32) - zero) * scale
+    return np.array(value, dtype=np.float32)
+
+
+SESSIONS = {"onnx": OrtSession, "openvino": OvSession, "litert": LiteRtSession}
 
 
 def open_artifact(path, threads, profile_ops=False, runtime=None):
@@ -229,10 +329,142 @@ def open_artifact(path, threads, profile_ops=False, runtime=None):
         return TrtexecSession(model_path, bundle, folder)
     if fmt not in SESSIONS:
         raise RunnerFailure("bundle format {!r} is not run by this runner (knows {})".format(fmt, ", ".join(sorted(SESSIONS))))
+    if "cascade" in bundle:
+        return CascadeSession(bundle, folder, threads, profile_ops)
+    return _open_session(fmt, model_path, bundle.get("session_options", {}), threads, profile_ops)
+
+
+def _open_session(fmt, model_path, options, threads, profile_ops=False):
     try:
-        return SESSIONS[fmt](model_path, bundle.get("session_options", {}), threads, profile_ops)
+        return SESSIONS[fmt](model_path, options, threads, profile_ops)
     except ImportError as exc:
         raise RunnerFailure("runtime for {} is not installed on this device: {}".format(fmt, exc))
+
+
+class CascadeSession(object):
+    """An early-exit cascade: one session per stage; between stages the host decides, per
+    sample, whether it leaves (exit rule and thresholds from bundle.json). ``run`` takes
+    every sample through every stage and returns all exits' logits (for the numerical
+    check); ``classify`` is the real cascade, compacting the batch to the samples left."""
+
+    def __init__(self, bundle, folder, threads, profile_ops=False):
+        manifest = bundle["cascade"]
+        fmt, options = bundle["format"], bundle.get("session_options", {})
+        self.rule = manifest["rule"]
+        self.stages = manifest["stages"]
+        self.sessions = []
+        for stage in self.stages:
+            path = os.path.join(folder, stage["file"])
+            if not os.path.isfile(path):
+                raise RunnerFailure("{}: cascade stage file named by the bundle is missing".format(path))
+            self.sessions.append(_open_session(fmt, path, options, threads, profile_ops))
+        first = self.sessions[0]
+        self.runtime, self.version, self.inputs = first.runtime, first.version, first.inputs
+        self.output_names = [stage["name"] for stage in self.stages]
+        reference = bundle.get("reference_model")
+        self.reference_path = os.path.join(folder, reference["file"]) if reference else None
+        self.fmt, self.options, self.threads = fmt, options, threads
+
+    def run(self, feeds):
+        outputs, current = {}, feeds
+        for stage, session in zip(self.stages, self.sessions):
+            out = session.run(current)
+            if stage["exit_output"] is None:
+                outputs[stage["name"]] = out[stage["outputs"][0]]
+            else:
+                outputs[stage["name"]] = out[stage["exit_output"]]
+                current = dict((name, out[name]) for name in stage["outputs"] if name != stage["exit_output"])
+        return outputs
+
+    def executed(self, feeds):
+        counts, current = {}, feeds
+        for stage, session in zip(self.stages, self.sessions):
+            out = session.run(current)
+            for key, value in session.executed(current).get("compute_ops", {}).items():
+                counts[key] = counts.get(key, 0) + value
+            if stage["exit_output"] is not None:
+                current = dict((name, out[name]) for name in stage["outputs"] if name != stage["exit_output"])
+        return {"compute_ops": counts}
+
+    def leaves(self, logits, threshold):
+        if threshold is None:
+            return np.zeros(len(logits), dtype=bool)
+        z = logits - logits.max(-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(-1, keepdims=True)
+        if self.rule == "confidence":
+            return p.max(-1) >= threshold
+        return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) <= threshold
+
+    def classify(self, feeds):
+        """(predicted class, exit index, per-stage ms) for one batch, run as a cascade."""
+        batch = len(next(iter(feeds.values())))
+        predicted = np.zeros(batch, dtype=np.int64)
+        exited = np.zeros(batch, dtype=np.int64)
+        remaining = np.arange(batch)
+        stage_ms, current = [], feeds
+        for k, (stage, session) in enumerate(zip(self.stages, self.sessions)):
+            t0 = time.perf_counter()
+            out = session.run(current)
+            stage_ms.append((time.perf_counter() - t0) * 1000.0)
+            if stage["exit_output"] is None:
+                predicted[remaining] = out[stage["outputs"][0]].argmax(-1)
+                exited[remaining] = k
+                break
+            logits = out[stage["exit_output"]]
+            leave = self.leaves(logits, stage["threshold"])
+            predicted[remaining[leave]] = logits[leave].argmax(-1)
+            exited[remaining[leave]] = k
+            if leave.all():
+                break
+            stay = ~leave
+            remaining = remaining[stay]
+            current = dict((name, out[name][stay]) for name in stage["outputs"] if name != stage["exit_output"])
+        return predicted, exited, stage_ms
+
+
+def evaluate_cascade(session, images, labels, batch):
+    """Run the cascade over evaluation images (and, interleaved batch by batch, the same
+    network without exits when the bundle carries it): exit histogram, per-stage and
+    end-to-end latency, accuracy. Measured here, not estimated from FLOPs."""
+    reference = None
+    if session.reference_path:
+        reference = _open_session(session.fmt, session.reference_path, session.options, session.threads)
+    n_stages = len(session.stages)
+    histogram = [0] * n_stages
+    per_stage = [[] for _ in range(n_stages)]
+    total_ms, reference_ms, correct, reference_correct = [], [], 0, 0
+    name = session.inputs[0][0]
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].astype(np.float32)
+        t0 = time.perf_counter()
+        predicted, exited, stage_ms = session.classify({name: x})
+        total_ms.append((time.perf_counter() - t0) * 1000.0)
+        for k, ms in enumerate(stage_ms):
+            per_stage[k].append(ms)
+        for k in exited:
+            histogram[int(k)] += 1
+        if labels is not None:
+            correct += int((predicted == labels[start:start + batch]).sum())
+        if reference is not None:
+            t0 = time.perf_counter()
+            logits = reference.run({reference.inputs[0][0]: x})
+            reference_ms.append((time.perf_counter() - t0) * 1000.0)
+            if labels is not None:
+                reference_correct += int((next(iter(logits.values())).argmax(-1) == labels[start:start + batch]).sum())
+    n = len(images)
+    result = {"images": n, "batch": batch, "rule": session.rule,
+              "thresholds": [s["threshold"] for s in session.stages[:-1]],
+              "exit_histogram": histogram, "exit_rates": [h / float(n) for h in histogram],
+              "latency": latency_stats(total_ms),
+              "stage_latency": [dict(latency_stats(ms), calls=len(ms)) if ms else {"calls": 0} for ms in per_stage],
+              "accuracy": correct / float(n) if labels is not None else None}
+    if reference is not None:
+        result["full_model_latency"] = latency_stats(reference_ms)
+        result["full_model_accuracy"] = reference_correct / float(n) if labels is not None else None
+        result["speedup_mean"] = result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"]
+        result["speedup_p50"] = result["full_model_latency"]["p50_ms"] / result["latency"]["p50_ms"]
+    return result
 
 
 def input_feeds(session, batch, seed):
@@ -306,6 +538,12 @@ def run(args):
         result["output_file"] = args.output
         profiled = session if session.runtime == "tensorrt" else open_artifact(args.artifact, args.threads, True, args.runtime)
         result["executed"] = profiled.executed(feeds)
+    if args.eval:
+        if not isinstance(session, CascadeSession):
+            raise RunnerFailure("--eval runs an early-exit cascade; this bundle has no cascade")
+        with np.load(args.eval) as data:
+            images, labels = data["images"], (data["labels"] if "labels" in data.files else None)
+        result["cascade"] = evaluate_cascade(session, images, labels, args.batch)
     if args.runs > 0:
         feeds = input_feeds(session, args.batch, args.seed)
         result.update({"batch": args.batch, "runs": args.runs, "warmup": args.warmup})
@@ -328,7 +566,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input", help=".npy input to run once; outputs go to --output")
     p.add_argument("--output", default="outputs.npz")
-    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt"],
+    p.add_argument("--eval", help=".npz with images (and labels): run the cascade over them, report exits and latency")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt", "litert"],
                    help="run with this runtime instead of the bundle's (e.g. check a TensorRT graph in onnxruntime)")
     args = p.parse_args(argv)
     if args.runs < 0 or args.warmup < 0 or args.threads < 1 or args.batch < 1:

@@ -15,7 +15,7 @@ from edgevit.profiling.executed import executed_precision
 RUNNER = resources.runner_script()
 ALLOWED_IMPORTS = {"argparse", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource", "re", "shlex",
                    "shutil", "subprocess",
-                   "onnxruntime", "openvino", "__future__"}
+                   "onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime", "__future__"}
 
 
 def test_runner_imports_only_stdlib_numpy_and_runtimes_in_python38_syntax():

@@ -5,6 +5,8 @@ from edgevit.bench import pruning  # noqa: F401
 from edgevit.bench import quantization  # noqa: F401
 from edgevit.bench import nncf_peer  # noqa: F401
 from edgevit.bench import targets  # noqa: F401
+from edgevit.bench import exits  # noqa: F401
+from edgevit.bench import litert  # noqa: F401
 from edgevit.bench.context import SECTIONS, BenchContext
 
 __all__ = ["SECTIONS", "BenchContext"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from edgevit import resources
@@ -28,7 +28,7 @@ BUNDLE_SCHEMA_VERSION = 1
 class TargetProfile(StrictModel):
     name: str
     description: str = ""
-    format: str = Field(description="exporter to use: onnx | openvino")
+    format: str = Field(description="exporter to use: onnx | openvino | litert")
     runtime: str
     runtime_version: str | None = Field(None, description="version the profile was written for")
     device: str = "cpu"
@@ -39,6 +39,14 @@ class TargetProfile(StrictModel):
     export_forms: dict[str, str] = Field(default_factory=dict, description="per pass kind, the export form to use")
     local_standin: Literal["onnxruntime"] | None = Field(
         None, description="for a runtime absent here (TensorRT): the local runtime that checks the same graph; nothing is timed")
+    float_precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="precision of the layers the plan leaves in fp32 (fp16: fp16 weights; litert exporter)")
+
+    @model_validator(mode="after")
+    def _float_precision_runs(self) -> "TargetProfile":
+        if self.float_precision not in self.precisions:
+            raise ValueError(f"float_precision {self.float_precision} is not in precisions {self.precisions}")
+        return self
 
 
 def load_profile(name_or_path: str) -> TargetProfile:
@@ -73,11 +81,14 @@ class LoweringPlan:
     activation_clip_percentile: float | None = None  # None: min/max calibration
     simulated_layers: list[str] = field(default_factory=list)  # fake-quant weights, executed by fp32 kernels
     pass_records: list[dict[str, Any]] = field(default_factory=list)
+    cascade: dict[str, Any] | None = None  # exits pass structure: export one graph per stage
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]]) -> "LoweringPlan":
         plan = cls(pass_records=records)
         for record in records:
+            if record["kind"] == "exits":
+                plan.cascade = record["structure"]
             if record["kind"] == "quantize":
                 simulated = record["structure"].get("simulated_layers", [])
                 plan.simulated_layers += simulated
@@ -129,7 +140,15 @@ class Bundle:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files)
+        """What is deployed: a cascade's reference model (shipped only to measure its
+        speed-up on the device) does not count."""
+        reference = set((self.data.get("reference_model") or {}).get("files", []))
+        return sum(p.stat().st_size for p in self.files if p.name not in reference)
+
+
+def reference_model_entry(files: list[str]) -> dict[str, Any]:
+    return {"file": files[0], "files": files,
+            "purpose": "the same network without exits, run interleaved with the cascade to measure its speed-up; not needed to deploy"}
 
 
 def bundle_data(profile: TargetProfile, ctx: ExportContext, precision: str, model_file: str, files: list[str],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgevit.errors import ExportError
-from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.base import Bundle, reference_model_entry, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GB cap, with margin: above it, external data
@@ -35,14 +35,24 @@ def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int, forms: d
     out = Path(tempfile.mkdtemp(prefix="edgevit-onnx-")) / "model.onnx"
     # Batch 2 in the example: torch.export specialises a size-1 dimension to a constant.
     example = ctx.example_input[:1].expand(2, *ctx.example_input.shape[1:]).contiguous()
-    external = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_LIMIT
+    export_module(model, (example,), [INPUT_NAME], [OUTPUT_NAME], out, opset)
+    ctx.cache[key] = out
+    return out
+
+
+def export_module(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
+                  out: Path, opset: int, varargs: bool = False) -> None:
+    """One module to a checked ONNX file; every input's first axis is the (shared) batch.
+    ``varargs``: the module's forward takes ``*inputs`` (torch.export wants one nested spec)."""
+    external = sum(p.numel() * p.element_size() for p in module.parameters()) > SINGLE_FILE_LIMIT
+    batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                module, example, dynamo=True, opset_version=opset, verbose=False,
+                input_names=input_names, output_names=output_names,
+                dynamic_shapes=(tuple({0: batch} for _ in example),) if varargs else tuple({0: batch} for _ in example),
             )
             program.save(str(out), external_data=external)
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
@@ -54,8 +64,6 @@ def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int, forms: d
         onnx.checker.check_model(str(out), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    ctx.cache[key] = out
-    return out
 
 
 def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext, opset: int,
@@ -109,6 +117,8 @@ class OnnxExporter:
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
+        if plan.cascade is not None:
+            return self._export_cascade(model, plan, profile, ctx, out_dir)
         graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
@@ -120,6 +130,29 @@ class OnnxExporter:
         data = bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, options)
         if profile.runtime == "tensorrt":
             data["tensorrt"] = engine_build_spec(profile, plan, inputs)
+        return Bundle(out_dir, data).write()
+
+    @staticmethod
+    def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
+        from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
+
+        if plan.quantized or profile.runtime == "tensorrt":
+            raise ExportError(f"{profile.name}: cascades are exported for ONNX Runtime and OpenVINO in fp32 only",
+                              "drop this export profile (or the quantize pass) from the recipe")
+        paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, stage in zip(paths, manifest["stages"]):
+            shutil.copy2(path, out_dir / path.name)
+            stage["file"] = path.name
+        inputs, _ = onnx_io(out_dir / paths[0].name)
+        outputs = [{"name": s["name"]} for s in manifest["stages"]]
+        options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
+        reference = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
+        shutil.copy2(reference, out_dir / "reference.onnx")
+        files = [p.name for p in paths] + ["reference.onnx"]
+        data = bundle_data(profile, ctx, plan.summary_precision, paths[0].name, files, inputs, outputs, options)
+        data["cascade"] = manifest
+        data["reference_model"] = reference_model_entry(["reference.onnx"])
         return Bundle(out_dir, data).write()
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from torch import nn
 
 from edgevit.errors import ExportError
-from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
-from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
+from edgevit.exporters.base import Bundle, reference_model_entry, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.onnx import export_onnx_graph, lowered_onnx_graph, onnx_io
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on AVX-512 BF16 machines unless told
 # otherwise; the hint follows the precision the plan asked for.
@@ -21,23 +21,55 @@ class OpenvinoExporter:
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
-        import openvino as ov
-
+        if plan.cascade is not None:
+            return self._export_cascade(model, plan, profile, ctx, out_dir)
         graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            ov_model = ov.convert_model(str(graph))
-            _stable_names(ov_model)
-            # compress_to_fp16 defaults to True and would silently make an "fp32" IR fp16.
-            ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=plan.summary_precision == "fp16")
-        except Exception as exc:
-            raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        _convert(graph, out_dir / "model.xml", plan)
         inputs, outputs = onnx_io(graph)
-        config = dict(profile.session_options.get("config", {}))
-        # quantized plans keep their float parts at f32 too: only the planned layers change
-        config["INFERENCE_PRECISION_HINT"] = INFERENCE_HINT.get(plan.summary_precision, "f32")
-        options = {**profile.session_options, "config": config}
-        return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.xml", ["model.xml", "model.bin"], inputs, outputs, options)).write()
+        return Bundle(out_dir, bundle_data(profile, ctx, plan.summary_precision, "model.xml", ["model.xml", "model.bin"], inputs, outputs,
+                                           _options(profile, plan))).write()
+
+    @staticmethod
+    def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
+        from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
+
+        if plan.quantized:
+            raise ExportError(f"{profile.name}: cascades are exported in fp32 only", "drop the quantize pass from the recipe")
+        paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for path, stage in zip(paths, manifest["stages"]):
+            _convert(path, out_dir / f"{path.stem}.xml", plan)
+            stage["file"] = f"{path.stem}.xml"
+            files += [f"{path.stem}.xml", f"{path.stem}.bin"]
+        _convert(export_onnx_graph(model, ctx, profile.opset, profile.export_forms), out_dir / "reference.xml", plan)
+        files += ["reference.xml", "reference.bin"]
+        inputs, _ = onnx_io(paths[0])
+        outputs = [{"name": s["name"]} for s in manifest["stages"]]
+        data = bundle_data(profile, ctx, plan.summary_precision, files[0], files, inputs, outputs, _options(profile, plan))
+        data["cascade"] = manifest
+        data["reference_model"] = reference_model_entry(["reference.xml", "reference.bin"])
+        return Bundle(out_dir, data).write()
+
+
+def _convert(graph: Path, xml: Path, plan: LoweringPlan) -> None:
+    import openvino as ov
+
+    try:
+        ov_model = ov.convert_model(str(graph))
+        _stable_names(ov_model)
+        # compress_to_fp16 defaults to True and would silently make an "fp32" IR fp16.
+        ov.save_model(ov_model, str(xml), compress_to_fp16=plan.summary_precision == "fp16")
+    except Exception as exc:
+        raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _options(profile: TargetProfile, plan: LoweringPlan) -> dict:
+    config = dict(profile.session_options.get("config", {}))
+    # quantized plans keep their float parts at f32 too: only the planned layers change
+    config["INFERENCE_PRECISION_HINT"] = INFERENCE_HINT.get(plan.summary_precision, "f32")
+    return {**profile.session_options, "config": config}
 
 
 _AUTO_NAME = re.compile(r"^[A-Za-z]+_\d+$")

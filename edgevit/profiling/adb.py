@@ -2,7 +2,9 @@
 a Python with numpy and the runtime (e.g. Termux): push runner + bundle into a fresh
 /data/local/tmp folder, run, pull the outputs, remove the folder whatever happened.
 Options in the URL query: ``python`` (device interpreter, default python3), ``timeout``
-(seconds, default 600), ``adb`` (host adb binary, default adb on PATH).
+(seconds, default 600), ``adb`` (host adb binary, default adb on PATH), ``benchmark_model``
+(path of TFLite's benchmark_model on the device: times .tflite bundles with it instead of
+the Python runner, for phones without Python; see benchmark_model.py).
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ class AdbTransport:
         if parsed.scheme != "adb" or not serial:
             raise EdgevitError(f"--target {url}: not an adb target", "write adb://SERIAL (see `adb devices`)")
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        unknown = set(query) - {"python", "timeout", "adb"}
+        unknown = set(query) - {"python", "timeout", "adb", "benchmark_model"}
         if unknown:
-            raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}", "known: python, timeout, adb")
+            raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}",
+                               "known: python, timeout, adb, benchmark_model")
+        self.benchmark_model = query.get("benchmark_model")
         self.serial, self.python = serial, query.get("python", "python3")
         self.timeout, self.adb = float(query.get("timeout", 600)), query.get("adb", "adb")
 
@@ -49,21 +53,41 @@ class AdbTransport:
         return proc
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None,
+            eval_set: dict[str, np.ndarray] | None = None) -> RunnerResult:
         made = self._adb("shell", f"mktemp -d {DEVICE_TMP}/edgevit.XXXXXX", timeout=30)
         if made.returncode != 0 or not made.stdout.strip():
             raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}")
         remote = made.stdout.strip()
         try:
-            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime)
+            if self.benchmark_model:
+                return self._run_benchmark_model(remote, Path(artifact), runs, warmup, threads, batch, inputs)
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime, eval_set)
         finally:
             self._adb("shell", f"rm -rf {shlex.quote(remote)}", timeout=30)  # nothing left on the device
 
-    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
+    def _run_benchmark_model(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs) -> RunnerResult:
+        """benchmark_model times on the device; it returns no outputs, so the check's
+        outputs come from the runner on this machine (same .tflite), and the data says so."""
+        from edgevit.profiling.benchmark_model import run_benchmark_model
+        from edgevit.profiling.transport import LocalTransport
+
+        data = run_benchmark_model(self._adb, self.serial, self.benchmark_model, remote, artifact, runs, warmup, threads, batch)
+        outputs = None
+        if inputs is not None:
+            local = LocalTransport().run(artifact, runs=0, warmup=0, threads=threads, batch=batch, inputs=inputs)
+            outputs = local.outputs
+            data["executed"] = local.data.get("executed")
+            data["outputs_from"] = "this machine (runner): benchmark_model returns no outputs"
+        data["where_run"] = f"{self.serial} (adb, benchmark_model)"
+        return RunnerResult(data, outputs)
+
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None, eval_set=None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-adb-") as tmp:
-            sources = files_to_send(artifact, inputs, Path(tmp))
+            sources = files_to_send(artifact, inputs, Path(tmp), eval_set)
             args = runner_command(self.python, f"{remote}/runner.py", remote_artifact(remote, artifact), remote,
-                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None)
+                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None,
+                                  with_eval=eval_set is not None)
             pushed = self._adb("push", *sources, f"{remote}/")
             if pushed.returncode != 0:
                 raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}")

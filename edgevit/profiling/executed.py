@@ -16,6 +16,8 @@ def executed_precision(fmt: str, executed: dict[str, Any] | None) -> str:
         found = set()
         for op in ops:
             found.add("int4" if op in _ORT_INT4 else "int8" if op in _ORT_INT8 else "fp32")
+    elif fmt == "litert":  # the runner already names each op's precision: FULLY_CONNECTED@int8
+        found = {key.rsplit("@", 1)[-1] for key in ops}
     else:
         found = {_OV_PRECISION.get(key.rsplit("@", 1)[-1], key.rsplit("@", 1)[-1]) for key in ops}
     return found.pop() if len(found) == 1 else "mixed(" + ",".join(sorted(found)) + ")"

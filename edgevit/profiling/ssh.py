@@ -84,7 +84,8 @@ class SshTransport:
                               "is the device up? raise ?timeout= or lower --runs") from None
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None,
+            eval_set: dict[str, np.ndarray] | None = None) -> RunnerResult:
         t = self.target
         made = self._ssh("mktemp -d /tmp/edgevit.XXXXXX", CONNECT_TIMEOUT_S * 3)
         if made.returncode != 0:
@@ -92,16 +93,17 @@ class SshTransport:
                               f"{(made.stderr.strip().splitlines() or ['?'])[-1]}", "check host, port, user and key")
         remote = made.stdout.strip()
         try:
-            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime)
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime, eval_set)
         finally:
             self._ssh(f"rm -rf {shlex.quote(remote)}", CONNECT_TIMEOUT_S * 3)  # nothing left on the device
 
-    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None) -> RunnerResult:
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None, eval_set=None) -> RunnerResult:
         t = self.target
         with tempfile.TemporaryDirectory(prefix="edgevit-ssh-") as tmp:
-            sources = files_to_send(artifact, inputs, Path(tmp))
+            sources = files_to_send(artifact, inputs, Path(tmp), eval_set)
             args = runner_command(t.python, f"{remote}/runner.py", remote_artifact(remote, artifact), remote,
-                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None)
+                                  runs, warmup, threads, batch, runtime, with_io=inputs is not None,
+                                  with_eval=eval_set is not None)
             self._scp(sources, f"{t.destination}:{remote}/", t.timeout)
             proc = self._ssh(" ".join(shlex.quote(a) for a in args), t.timeout)
             if proc.returncode == 127:

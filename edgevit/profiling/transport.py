@@ -19,7 +19,7 @@ from edgevit import resources
 from edgevit.errors import EdgevitError, RunnerError
 
 RUNNER_TIMEOUT_S = 1800
-LOCAL_RUNTIMES = frozenset({"onnxruntime", "openvino"})  # what runtimes/runner.py executes on this machine
+LOCAL_RUNTIMES = frozenset({"onnxruntime", "openvino", "litert"})  # what runtimes/runner.py executes on this machine
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Transport(Protocol):
     name: str
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None,
+            eval_set: dict[str, np.ndarray] | None = None) -> RunnerResult:
         ...
 
 
@@ -40,13 +41,16 @@ class LocalTransport:
     name = "local"
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
-            inputs: np.ndarray | None = None, runtime: str | None = None) -> RunnerResult:
+            inputs: np.ndarray | None = None, runtime: str | None = None,
+            eval_set: dict[str, np.ndarray] | None = None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-run-") as tmp:
             out_file = Path(tmp) / "outputs.npz"
             if inputs is not None:
                 np.save(Path(tmp) / "input.npy", inputs)
+            if eval_set is not None:
+                np.savez(Path(tmp) / "eval.npz", **eval_set)
             cmd = runner_command(sys.executable, str(resources.runner_script()), str(artifact), tmp,
-                                 runs, warmup, threads, batch, runtime, with_io=inputs is not None)
+                                 runs, warmup, threads, batch, runtime, with_io=inputs is not None, with_eval=eval_set is not None)
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUNNER_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -61,19 +65,22 @@ class LocalTransport:
 
 
 def runner_command(python: str, runner: str, artifact: str, work: str, runs: int, warmup: int, threads: int,
-                   batch: int, runtime: str | None, with_io: bool) -> list[str]:
+                   batch: int, runtime: str | None, with_io: bool, with_eval: bool = False) -> list[str]:
     """The runner's command line, the same for every transport; ``work`` holds input.npy
-    and receives outputs.npz (paths as the target sees them)."""
+    (and eval.npz: images + labels for a cascade) and receives outputs.npz (paths as the
+    target sees them)."""
     cmd = [python, runner, artifact, "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
            "--batch", str(batch)]
     if runtime:
         cmd += ["--runtime", runtime]
     if with_io:
         cmd += ["--input", f"{work}/input.npy", "--output", f"{work}/outputs.npz"]
+    if with_eval:
+        cmd += ["--eval", f"{work}/eval.npz"]
     return cmd
 
 
-def files_to_send(artifact: Path, inputs: np.ndarray | None, tmp: Path) -> list[str]:
+def files_to_send(artifact: Path, inputs: np.ndarray | None, tmp: Path, eval_set: dict[str, np.ndarray] | None = None) -> list[str]:
     """What a remote transport copies into its work folder: the runner, the bundle's files
     (flat, beside bundle.json, as the runner expects) or the one artifact file, and the input."""
     if artifact.is_dir():
@@ -85,6 +92,9 @@ def files_to_send(artifact: Path, inputs: np.ndarray | None, tmp: Path) -> list[
     if inputs is not None:
         np.save(tmp / "input.npy", inputs)
         sources.append(str(tmp / "input.npy"))
+    if eval_set is not None:
+        np.savez(tmp / "eval.npz", **eval_set)
+        sources.append(str(tmp / "eval.npz"))
     return sources
 
 

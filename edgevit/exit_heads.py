@@ -1,0 +1,111 @@
+"""Exit heads (LGViT): small classifiers attached after an intermediate block.
+
+- ``local``: local perception on the token grid (1x1 conv, depthwise 3x3, 1x1, residual),
+  good at shallow exits where features are still local;
+- ``global``: global aggregation, attention from every token to an average-pooled summary
+  of the tokens (spatial reduction), good at deep exits;
+- ``linear``: LayerNorm, mean pool, linear classifier (the simple baseline).
+
+Every head returns (logits, embedding). The embedding has the backbone's final feature
+width so a feature-distillation loss can pull it towards the final pre-logits; the linear
+head has none. Heads take [B, N, C] tokens plus the static grid facts they were built
+with, so each exported stage graph has fixed shapes apart from the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Everything needed to rebuild a head (stored in the pass record)."""
+
+    kind: str  # local | global | linear
+    block: int  # 0-based block the head reads
+    dim: int  # token width at that block
+    grid: tuple[int, int] | None  # patch-token grid, None after token reduction
+    prefix: int  # class/distillation/register tokens in front of the patch tokens
+    embed_dim: int  # final feature width (target of the feature loss)
+    num_classes: int
+    pool: int = 2  # global head: keys/values pooled to pool x pool
+
+
+class LocalPerceptionHead(nn.Module):
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        if spec.grid is None:
+            raise ValueError("a local-perception head needs the token grid")
+        c = spec.dim
+        self.prefix, self.grid = spec.prefix, spec.grid
+        self.expand = nn.Conv2d(c, c, 1)
+        self.depthwise = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.reduce = nn.Conv2d(c, c, 1)
+        self.norm = nn.LayerNorm(c)
+        self.embed = nn.Linear(c, spec.embed_dim)
+        self.classifier = nn.Linear(spec.embed_dim, spec.num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, c = tokens.shape
+        h, w = self.grid
+        grid = tokens[:, self.prefix:].transpose(1, 2).reshape(b, c, h, w)
+        grid = grid + self.reduce(F.gelu(self.depthwise(F.gelu(self.expand(grid)))))
+        embedding = F.gelu(self.embed(self.norm(grid.mean((2, 3)))))
+        return self.classifier(embedding), embedding
+
+
+class GlobalAggregationHead(nn.Module):
+    def __init__(self, spec: HeadSpec, heads: int = 4):
+        super().__init__()
+        c = spec.dim
+        self.heads = heads if c % heads == 0 else 1
+        self.prefix, self.grid, self.pool = spec.prefix, spec.grid, spec.pool
+        self.norm_in = nn.LayerNorm(c)
+        self.q = nn.Linear(c, c)
+        self.kv = nn.Linear(c, 2 * c)
+        self.proj = nn.Linear(c, c)
+        self.norm = nn.LayerNorm(c)
+        self.embed = nn.Linear(c, spec.embed_dim)
+        self.classifier = nn.Linear(spec.embed_dim, spec.num_classes)
+
+    def _summary(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys/values: the patch grid average-pooled to pool x pool (plus prefix tokens);
+        without a grid (after token reduction) all tokens, which are few by then."""
+        if self.grid is None:
+            return x
+        b, _, c = x.shape
+        h, w = self.grid
+        patches = x[:, self.prefix:].transpose(1, 2).reshape(b, c, h, w)
+        pooled = F.adaptive_avg_pool2d(patches, (min(self.pool, h), min(self.pool, w))).flatten(2).transpose(1, 2)
+        return torch.cat([x[:, :self.prefix], pooled], dim=1)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm_in(tokens)
+        b, n, c = x.shape
+        kv = self._summary(x)
+        q = self.q(x).reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
+        k, v = self.kv(kv).reshape(b, kv.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        x = tokens + self.proj(attended)
+        embedding = F.gelu(self.embed(self.norm(x.mean(1))))
+        return self.classifier(embedding), embedding
+
+
+class LinearHead(nn.Module):
+    def __init__(self, spec: HeadSpec):
+        super().__init__()
+        self.norm = nn.LayerNorm(spec.dim)
+        self.classifier = nn.Linear(spec.dim, spec.num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.classifier(self.norm(tokens).mean(1)), None
+
+
+HEADS = {"local": LocalPerceptionHead, "global": GlobalAggregationHead, "linear": LinearHead}
+
+
+def build_head(spec: HeadSpec) -> nn.Module:
+    return HEADS[spec.kind](spec)

@@ -1,0 +1,232 @@
+"""kind: exits — stage decomposition, head training, threshold calibration, the exported
+cascade and the device runner's early-exit execution."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_SWIN, write_images
+from edgevit.cascade import attach_exits, cascade_stages, exit_specs, forward_all_exits, stage_example_inputs
+from edgevit.errors import EdgevitError, RecipeError
+from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
+from edgevit.exporters.onnx import OnnxExporter
+from edgevit.models import load_model, load_model_folder, save_model_folder
+from edgevit.passes.base import PassContext
+from edgevit.passes.exit_calibration import CascadeOutcome, calibrate
+from edgevit.passes.exits import ExitsConfig, ExitsPass, _head_specs, exit_blocks
+from edgevit.passes.tokens import TomeConfig, TomePass
+from edgevit.profiling import runner_module
+
+FAMILIES = {
+    "vit": ("test_vit", {}),
+    "deit-distilled": ("deit_tiny_distilled_patch16_224", {"img_size": 64, "depth": 4}),
+    "swin": TINY_SWIN,
+    "swinv2": ("swinv2_tiny_window8_256", {"img_size": 32, "patch_size": 2, "embed_dim": 24, "depths": [1, 1],
+                                           "num_heads": [1, 2], "window_size": 4, "num_classes": 10}),
+}
+SMALL_TRAIN = {"epochs": 2, "batch_size": 16, "max_images": 60, "lr": 0.003}
+
+
+@pytest.fixture(scope="module")
+def train_folder(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("train"), per_class=80, size=32)
+
+
+def _with_heads(arch, args, blocks, head="auto"):
+    loaded = load_model(arch, None, False, args)
+    model = loaded.model.eval()
+    attach_exits(model, _head_specs(model, blocks, ExitsConfig(head=head), loaded.input_size))
+    return loaded, model.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stage_steps_compose_to_the_timm_forward(family):
+    arch, args = FAMILIES[family]
+    loaded, model = _with_heads(arch, args, [0])
+    x = torch.randn(2, *loaded.input_size)
+    with torch.no_grad():
+        reference = model(x)
+        outputs = forward_all_exits(model, x)
+        stages = cascade_stages(model)
+        features = stage_example_inputs(stages, x)
+        staged = stages[-1](*features[-1])
+    assert torch.allclose(outputs["logits"], reference, atol=1e-5) and torch.allclose(staged, reference, atol=1e-5)
+    assert outputs["exit0_logits"].shape == reference.shape
+
+
+def test_exit_placement():
+    assert exit_blocks(12, ExitsConfig(count=4)) == [1, 4, 6, 9]
+    assert exit_blocks(6, ExitsConfig(after_blocks=[2, 4])) == [1, 3]
+    with pytest.raises(EdgevitError, match="outside 1..5"):
+        exit_blocks(6, ExitsConfig(after_blocks=[6]))
+    with pytest.raises(ValueError):
+        ExitsConfig(count=2, after_blocks=[1])
+
+
+def _synthetic_cascade(n=4000, seed=0):
+    """Three exits of rising accuracy whose confidence tracks correctness, plus the final."""
+    rng = np.random.default_rng(seed)
+    accuracy = [0.55, 0.7, 0.8, 0.85]
+    correct = np.stack([rng.random(n) < a for a in accuracy])
+    scores = np.stack([np.where(correct[e], rng.beta(5, 2, n), rng.beta(2, 5, n)) for e in range(3)])
+    return scores, correct, np.array([1.0, 2.0, 3.0, 4.0])
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.005, 0.02])
+def test_calibration_meets_the_budget_and_saves_cost(budget):
+    scores, correct, costs = _synthetic_cascade()
+    result = calibrate(scores, correct, costs, budget)
+    outcome = result["outcome"]
+    assert outcome.accuracy >= correct[-1].mean() - budget - 1e-9
+    assert outcome.expected_cost <= costs[-1] and abs(sum(outcome.exit_rates) - 1) < 1e-9
+    assert outcome.expected_cost <= min(result["alternatives"].values()) + 1e-9
+    replay = CascadeOutcome.simulate(scores, correct, costs, result["thresholds"])
+    assert replay.expected_cost == outcome.expected_cost
+
+
+def test_a_larger_budget_never_costs_more():
+    scores, correct, costs = _synthetic_cascade(seed=1)
+    spent = [calibrate(scores, correct, costs, b)["outcome"].expected_cost for b in (0.0, 0.01, 0.03, 0.1)]
+    assert spent == sorted(spent, reverse=True) and spent[-1] < 0.8 * costs[-1]
+
+
+def test_pass_needs_training_images():
+    loaded = load_model("test_vit")
+    with pytest.raises(EdgevitError, match="--train-data"):
+        ExitsPass().apply(loaded.model, ExitsConfig(count=1), PassContext(seed=0, input_size=loaded.input_size))
+
+
+def _train(arch, args, train_folder, **cfg):
+    loaded = load_model(arch, None, False, args)
+    ctx = PassContext(seed=0, input_size=loaded.input_size, data_config=loaded.data_config(), train_data=train_folder)
+    config = ExitsConfig(**{"count": 2, "holdout_images": 100, "max_accuracy_drop": 5.0, "train": SMALL_TRAIN, **cfg})
+    model, record = ExitsPass().apply(loaded.model, config, ctx)
+    return loaded, model.eval(), record
+
+
+def test_pass_trains_heads_calibrates_and_rebuilds(train_folder, tmp_path):
+    loaded, model, record = _train("test_vit", {}, train_folder)
+    assert record.training["loss_last"] < record.training["loss_first"]  # the heads learned something
+    assert record.training["images_per_epoch"] == 60 and record.metrics["holdout_images"] == 100
+    assert len(record.structure["thresholds"]) == 2 and record.metrics["head_kinds"] == ["local", "global"]
+    assert abs(sum(record.metrics["exit_rates"]) - 1) < 1e-9
+    assert record.metrics["expected_flops"] <= sum(record.metrics["flops_per_stage"])
+    assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("edgevit_exits"))
+    save_model_folder(loaded, model, [record.model_dump()], tmp_path / "m")
+    again = load_model_folder(tmp_path / "m").model
+    x = torch.randn(2, *loaded.input_size)
+    with torch.no_grad():
+        a, b = forward_all_exits(model, x), forward_all_exits(again, x)
+    assert exit_specs(again) == exit_specs(model) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _export(model, loaded, tmp_path, thresholds, rule="confidence"):
+    plan = LoweringPlan(cascade={"rule": rule, "thresholds": thresholds})
+    ctx = ExportContext(example_input=torch.randn(2, *loaded.input_size))
+    return OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), ctx, tmp_path / "bundle")
+
+
+def _simulate(outputs, thresholds):
+    """What the cascade must predict, from every exit's logits (confidence rule)."""
+    names = [k for k in outputs if k != "logits"] + ["logits"]
+    predicted, exited = [], []
+    for i in range(len(outputs["logits"])):
+        for e, name in enumerate(names):
+            z = outputs[name][i]
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            if name == "logits" or (thresholds[e] is not None and p.max() >= thresholds[e]):
+                predicted.append(int(z.argmax()))
+                exited.append(e)
+                break
+    return np.array(predicted), np.array(exited)
+
+
+def _between_samples(logits):
+    """A confidence threshold half-way between two samples, so rounding cannot flip one."""
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    top = np.sort((p / p.sum(-1, keepdims=True)).max(-1))
+    middle = len(top) // 2
+    return float((top[middle - 1] + top[middle]) / 2)
+
+
+@pytest.mark.parametrize("tome", [False, True])
+def test_exported_cascade_matches_pytorch_and_exits_per_sample(tmp_path, tome):
+    loaded = load_model("test_vit")
+    model = loaded.model.eval()
+    if tome:  # features between stages are then (tokens, sizes): two tensors per boundary
+        model, _ = TomePass().apply(model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
+    specs = _head_specs(model, [1, 3], ExitsConfig(), loaded.input_size)
+    assert [s.kind for s in specs] == (["global", "global"] if tome else ["local", "global"])
+    attach_exits(model, specs)
+    x = torch.randn(7, *loaded.input_size)
+    with torch.no_grad():
+        reference = {k: v.numpy() for k, v in forward_all_exits(model, x).items()}
+    top = [_between_samples(reference[k]) for k in ("exit0_logits", "exit1_logits")]
+    bundle = _export(model, loaded, tmp_path, top)
+    runner = runner_module()
+    session = runner.open_artifact(str(bundle.path), 2)
+    outputs = session.run({"input": x.numpy()})
+    for name, ref in reference.items():
+        np.testing.assert_allclose(outputs[name], ref, rtol=1e-3, atol=1e-4)
+    predicted, exited, stage_ms = session.classify({"input": x.numpy()})
+    want_predicted, want_exited = _simulate(reference, top)
+    assert np.array_equal(exited, want_exited) and np.array_equal(predicted, want_predicted)
+    assert len(set(exited.tolist())) > 1  # the batch really split between exits
+    assert bundle.size_bytes < sum(p.stat().st_size for p in bundle.files)  # reference model not counted
+
+
+def test_runner_evaluates_the_cascade_against_the_full_model(tmp_path):
+    loaded, model = _with_heads("test_vit", {}, [2])
+    bundle = _export(model, loaded, tmp_path, [0.0])  # threshold 0: every sample leaves at the first exit
+    runner = runner_module()
+    session = runner.open_artifact(str(bundle.path), 1)
+    images = np.random.default_rng(0).standard_normal((5, *loaded.input_size)).astype(np.float32)
+    result = runner.evaluate_cascade(session, images, np.zeros(5, dtype=np.int64), 2)
+    assert result["exit_histogram"] == [5, 0] and result["stage_latency"][1]["calls"] == 0
+    assert result["full_model_latency"]["mean_ms"] > 0 and result["speedup_mean"] > 0
+    assert 0 <= result["accuracy"] <= 1
+
+
+def test_local_heads_need_the_token_grid():
+    loaded = load_model("test_vit")
+    model, _ = TomePass().apply(loaded.model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
+    with pytest.raises(EdgevitError, match="no token grid"):
+        _head_specs(model, [2], ExitsConfig(head="local"), loaded.input_size)
+
+
+@pytest.mark.parametrize("passes, match", [
+    ("[{kind: exits, count: 1}, {kind: quantize, budget: {avg_weight_bits: 8}}]", "not supported yet"),
+    ("[{kind: exits, count: 1}, {kind: tome, r: 2}]", "must be the last pass"),
+])
+def test_recipe_refuses_what_a_cascade_cannot_honour(write_recipe, passes, match):
+    from edgevit.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(write_recipe(f"name: t\nmodel: {{name: test_vit}}\npasses: {passes}\nexports: [x86-onnxruntime]\n"))
+
+
+def test_compress_with_exits_end_to_end(cli, write_recipe, tmp_path, train_folder, images):
+    recipe = write_recipe(
+        "name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 2, holdout_images: 100, max_accuracy_drop: 5,\n"
+        f"     train: {json.dumps(SMALL_TRAIN)}}}\nexports: [x86-onnxruntime, x86-openvino]\n"
+        "evaluation: {check_batch: 4, cascade_n: 6}\nprofile: {runs: 3, warmup: 1}\n")
+    out = tmp_path / "run"
+    missing = cli("compress", "--recipe", recipe, "--out", out)
+    assert missing.exit_code == 2 and "--train-data" in missing.output and not out.exists()
+    result = cli("compress", "--recipe", recipe, "--train-data", train_folder, "--data", images, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert all(a["check"]["passed"] and set(a["check"]["outputs"]) == {"exit0_logits", "exit1_logits", "logits"}
+               for a in report["artifacts"])
+    for name, run in report["cascade"]["artifacts"].items():
+        assert sum(run["exit_histogram"]) == 6 and run["full_model_latency"]["mean_ms"] > 0, name
+    assert "cascade" in (out / "report.md").read_text().lower()
+
+
+def test_shipped_exits_recipe_validates():
+    from edgevit.recipe import load_recipe
+
+    recipe = load_recipe("exits_deit").recipe
+    assert recipe.passes[0].kind == "exits" and recipe.passes[0].max_accuracy_drop == 0.5
