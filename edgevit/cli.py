@@ -169,6 +169,29 @@ def embed(
     print(f"wrote {published}: " + ", ".join(sorted(p.name for p in published.iterdir())))
 
 
+@app.command()
+@user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="a folder published by `edgevit compress`"),
+    out: Path = typer.Option(None, help="output folder (default RUN_DIR/rendered)"),
+    force: bool = typer.Option(False, help="replace --out if it exists"),
+) -> None:
+    """Render a run's report.json as Markdown + a self-contained HTML page with plots."""
+    from edgevit.report_html import write_report
+
+    published = write_report(run_dir, out, force)
+    print(f"wrote {published / 'report.html'}, {published / 'report.md'} and plots in {published / 'plots'}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """The benchmark (same as `make bench`): --sections a,b --recipes r1,r2 --models m1,m2 (see --help of
+    `python -m edgevit.bench`)."""
+    from edgevit.bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 def main() -> None:
     app()
 

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "bench.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work")
+    p.add_argument("--recipes", help="pareto section: comma-separated recipe names or files (default: every shipped recipe)")
+    p.add_argument("--models", help="pareto section: comma-separated REFERENCE_FOLDER=TIMM_224_NAME pairs "
+                                    "(default: vit_tiny_c10=deit_tiny_patch16_224,swin_tiny_c10=swin_tiny_patch4_window7_224)")
     args = p.parse_args(argv)
     names = [s for s in args.sections.split(",") if s]
     unknown = [s for s in names if s not in SECTIONS]
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         title, description, cap_s, fn = SECTIONS[name]
         print(f"== bench section {name} (cap {cap_s} s)", file=sys.stderr)
-        ctx = BenchContext(shared=args.shared, work=args.work / name, cap_s=cap_s)
+        ctx = BenchContext(shared=args.shared, work=args.work / name, cap_s=cap_s,
+                           recipes=args.recipes.split(",") if args.recipes else None,
+                           models=args.models.split(",") if args.models else None)
         load_before, t0 = load_average(), time.monotonic()
         result = fn(ctx)
         data["sections"][name] = {
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         report.save(args.json, data)
         args.markdown.write_text(report.render(data))
+        report.update_readme_headline(REPO / "README.md", data)
     print(f"wrote {args.json} and {args.markdown}", file=sys.stderr)
     return 0
 

@@ -28,6 +28,8 @@ class BenchContext:
     started: float = field(default_factory=time.monotonic)
     capped: bool = False
     loads: list[float] = field(default_factory=list)
+    recipes: list[str] | None = None  # --recipes: restrict the recipe sections to these
+    models: list[str] | None = None  # --models: pairs "reference=224-model" or reference folder names
 
     def over_cap(self) -> bool:
         """True once the section's wall-time cap is spent; the section then stops adding rows."""

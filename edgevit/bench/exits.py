@@ -28,7 +28,7 @@ BUDGETS = [0.25, 0.5, 1.0]  # top-1 points the cascade may lose on the held-out 
 TEST_IMAGES = 5000
 THREADS = 1  # one image at a time on one thread: the least noisy latency this shared machine gives
 EXITS = {"count": 4, "rule": "entropy", "holdout_images": 2000,
-         "train": {"epochs": 5, "lr": 1e-3, "batch_size": 128, "max_images": 10000, "max_minutes": 6}}
+         "train": {"epochs": 10, "lr": 1e-3, "batch_size": 128, "max_images": 20000, "max_minutes": 6}}
 
 
 def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: list[str]) -> list[list[Any]]:

@@ -4,7 +4,6 @@ sensitivity metric chooses which layers stay int8) at the budgets of the LRP row
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,9 @@ import torch
 
 from edgevit.accuracy import artifact_predictor, measure_top1
 from edgevit.bench.context import BenchContext, section
-from edgevit.bench.quantization import EVAL_N, VARIANTS, _run
+from edgevit.bench.peers import nncf_weight_compression
+from edgevit.bench.quantization import EVAL_N, VARIANTS
+from edgevit.bench.runs import compress_run
 from edgevit.calibration import resolve_calibration
 from edgevit.data import scan_image_folder
 from edgevit.profiling import runner_module
@@ -21,22 +22,6 @@ from edgevit.recipe import CalibrationSpec
 
 # share of weights at int4 (the rest int8) giving the same nominal average bits as the LRP rows
 BUDGETS = {4.5: 0.875, 6.0: 0.5}
-
-
-def _nncf_compress(fp32_run: Path, out: Path, images, ratio: float) -> None:
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
-
-    model = ov.Core().read_model(str(fp32_run / "artifacts/x86-openvino/model.xml"))
-    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
-    compressed = nncf.compress_weights(
-        model, mode=nncf.CompressWeightsMode.INT4_SYM, ratio=ratio, group_size=32, dataset=dataset, subset_size=len(images),
-        advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST,
-                                                          min_adjusted_group_size=16))
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(fp32_run / "artifacts/x86-openvino", out)
-    ov.save_model(compressed, str(out / "model.xml"), compress_to_fp16=False)
 
 
 @section("quantization-peers", "Peer: NNCF mixed int4/int8 weight compression at the LRP budgets",
@@ -56,14 +41,14 @@ def nncf_section(ctx: BenchContext) -> dict[str, Any]:
         if not folder.is_dir() or ctx.over_cap():
             notes.append(f"{name}: skipped")
             continue
-        fp32_run, _ = _run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)  # reused when present
+        fp32_run, _ = compress_run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)  # reused when present
         report = json.loads((fp32_run / "report.json").read_text())
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
         images = resolve_calibration(CalibrationSpec(n=64, seed=0), train, None, None).images(cfg).numpy()
         labels = json.loads((fp32_run / "model/config.json").read_text()).get("label_names")
         for bits, ratio in BUDGETS.items():
             out = ctx.work / f"{name}-nncf-{bits}"
-            _nncf_compress(fp32_run, out, images, ratio)
+            nncf_weight_compression(fp32_run, out, images, ratio)
             runner = runner_module()
             session = runner.open_artifact(str(out), 2)
             acc = measure_top1({"ov": artifact_predictor(session, "logits")}, scan_image_folder(test), EVAL_N,

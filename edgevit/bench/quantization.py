@@ -3,27 +3,19 @@ error-only allocation (what LRP adds) and ONNX Runtime's quantize_static default
 all evaluated in the real runtimes; size and latency vs fp32 of the same runtime."""
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from edgevit import resources
-from edgevit.accuracy import artifact_predictor, measure_top1
 from edgevit.bench.context import BenchContext, section
+from edgevit.bench.peers import artifact_top1, calibration_images, ort_quantize_static
+from edgevit.bench.runs import compress_run
 from edgevit.bench.timing import interleaved, summary
 from edgevit.bench.variants import artifact_variants
-from edgevit.calibration import resolve_calibration
-from edgevit.data import scan_image_folder
-from edgevit.errors import CheckFailed
-from edgevit.pipeline import CompressOptions, compress
-from edgevit.profiling import runner_module
-from edgevit.recipe import CalibrationSpec, resolve_recipe_path
+from edgevit.recipe import resolve_recipe_path
 from edgevit.yamlfile import load_yaml
 
 EVAL_N = 5000
@@ -38,66 +30,11 @@ VARIANTS = {
 }
 LATENCY_MODELS = ["deit_small_patch16_224", "swin_tiny_patch4_window7_224"]
 LATENCY_VARIANTS = ["fp32", "uniform int8", "LRP 4.5 bits"]
-RECIPE = ("name: bench_quant\nexports: [x86-onnxruntime, x86-openvino]\nevaluation: {{n: {n}, batch_size: 250}}\n"
-          "profile: {{runs: 3, warmup: 1}}\npasses: {passes}\n")
-
-
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """Hash of edgevit's own source and the device runner: a reused run must come from this code."""
-    root = Path(__file__).resolve().parents[1]
-    files = sorted(root.rglob("*.py")) + [resources.runner_script()]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:8]
-
-
-def _run(ctx: BenchContext, label: str, model: str, passes: str | None, data: Path | None, calib: Path | None, n: int,
-         recipe_text: str | None = None, train: Path | None = None) -> tuple[Path, str | None]:
-    """A compress run of one variant; returns (run folder, check failure or None).
-
-    A published run with the same recipe hash, model, data and edgevit source is reused:
-    its accuracy and size do not depend on when it ran (latency is always timed afresh,
-    side by side)."""
-    text = recipe_text or RECIPE.format(passes=passes, n=n)
-    recipe = ctx.work / "recipe.yaml"
-    recipe.write_text(text)
-    slug = "".join(c if c.isalnum() else "_" for c in f"{Path(model).name}-{label}") + f"-{_code_fingerprint()}"
-    out = ctx.work / slug
-    if (out / "report.json").is_file():
-        old = json.loads((out / "report.json").read_text())
-        same_data = (old["accuracy"] or {}).get("dataset") == (str(data) if data else None)
-        if old["recipe"]["sha256"] == hashlib.sha256(text.encode()).hexdigest() and old["model"]["source"] == model and same_data:
-            return out, None
-    try:
-        return compress(CompressOptions(recipe=str(recipe), out=out, model=model, data=data, calib_data=calib,
-                                        train_data=train, force=True, keep_failed=True)), None
-    except CheckFailed as exc:  # published as <out>.failed: timed and labelled, never hidden
-        return out.with_name(out.name + ".failed"), exc.message
-
 
 def _ort_defaults_peer(ctx: BenchContext, fp32_run: Path, calib: Path, test: Path, n: int) -> dict[str, Any]:
     """onnxruntime.quantization.quantize_static with its defaults on the fp32 export."""
-    from onnxruntime.quantization import quantize_static
-
-    from edgevit.exporters.quantize_onnx import _Calibration, _quiet_root_logger
-
-    report = json.loads((fp32_run / "report.json").read_text())
-    cal = resolve_calibration(CalibrationSpec(n=64, seed=0), calib, None, None)
-    images = cal.images(report["model"]["data_config"]).numpy()
-    out = ctx.work / f"{fp32_run.name}-ort-defaults"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(fp32_run / "artifacts" / "x86-onnxruntime", out)
-    with _quiet_root_logger():
-        quantize_static(str(fp32_run / "artifacts/x86-onnxruntime/model.onnx"), str(out / "model.onnx"), _Calibration(images, "input"))
-    session = runner_module().open_artifact(str(out), 2)
-    cfg = report["model"]["data_config"]
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    labels = json.loads((fp32_run / "model" / "config.json").read_text()).get("label_names")
-    acc = measure_top1({"ort": artifact_predictor(session, "logits")}, scan_image_folder(test), n, report["recipe"]["seed"],
-                       cfg, 250, labels)
-    return {"top1": acc["top1"]["ort"], "size_bytes": (out / "model.onnx").stat().st_size}
+    out = ort_quantize_static(fp32_run, ctx.work / f"{fp32_run.name}-ort-defaults", calibration_images(fp32_run, calib))
+    return {"top1": artifact_top1(out, fp32_run, test, n), "size_bytes": (out / "model.onnx").stat().st_size}
 
 
 def _accuracy(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> list[list[Any]]:
@@ -113,7 +50,7 @@ def _accuracy(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> l
             if ctx.over_cap():
                 notes.append(f"{name} {label}: skipped (time cap)")
                 continue
-            run, failed = _run(ctx, label, str(folder), passes, test, calib, EVAL_N)
+            run, failed = compress_run(ctx, label, str(folder), passes, test, calib, EVAL_N)
             if failed:
                 notes.append(f"{name} {label}: {failed}")
             fp32_run = fp32_run or run
@@ -146,7 +83,7 @@ def _headline(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> l
     # the shipped recipe, evaluated on the same seeded subset as the variants above
     recipe = load_yaml(resolve_recipe_path("int4_swin"))
     recipe["evaluation"] = {**recipe.get("evaluation", {}), "n": EVAL_N, "batch_size": 250}
-    run, failed = _run(ctx, "int4_swin", str(folder), None, data / "test", data / "train", EVAL_N,
+    run, failed = compress_run(ctx, "int4_swin", str(folder), None, data / "test", data / "train", EVAL_N,
                        recipe_text=yaml.safe_dump(recipe, sort_keys=False), train=data / "train")
     if failed:
         notes.append(f"int4_swin: {failed}")
@@ -173,7 +110,7 @@ def _latency(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> li
             continue
         runs = {}
         for label in LATENCY_VARIANTS:
-            runs[label], failed = _run(ctx, label, name, VARIANTS[label], None, None, 1)
+            runs[label], failed = compress_run(ctx, label, name, VARIANTS[label], None, None, 1)
             if failed:
                 notes.append(f"{name} {label}: published as .failed and still timed: {failed}")
         torch.set_num_threads(1)

@@ -38,10 +38,10 @@ from edgevit.training import FinetuneConfig, train_loop
 class ExitTrainConfig(FinetuneConfig):
     """Head training on cached features: more epochs and a larger rate than a fine-tune."""
 
-    epochs: float = Field(5.0, gt=0)
+    epochs: float = Field(10.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1, le=4096)
-    max_images: int | None = Field(10000, ge=1, description="seeded subset of --train-data whose features are cached")
+    max_images: int | None = Field(20000, ge=1, description="seeded subset of --train-data whose features are cached")
     max_minutes: float | None = Field(8.0, gt=0)
     feature_weight: float = Field(0.0, ge=0, description="weight of the MSE between a head's embedding and the final pre-logits")
 
