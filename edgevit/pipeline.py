@@ -116,6 +116,9 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     input_size = tuple(data_config["input_size"])
 
     calibration = resolve_calibration(recipe.calibration, opts.calib_data, opts.train_data, opts.data)
+    if opts.train_data and opts.data and Path(opts.train_data).resolve() == Path(opts.data).resolve() and recipe.passes:
+        warnings.append("--train-data is the evaluation set --data: fine-tuning / exit thresholds saw the test images")
+        progress.warn(warnings[-1])
     if calibration.overlaps_eval and recipe.passes:
         warnings.append(f"calibration images ({calibration.source}) overlap the evaluation set --data")
         progress.warn(warnings[-1])

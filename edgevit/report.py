@@ -101,7 +101,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not acc:
         lines.append("no evaluation data given (--data)")
     else:
-        lines += [f"{acc['n']} images of `{acc['dataset']}` (seed {acc['seed']}, labels {acc['label_mapping']})", "",
+        lines += [f"{acc['n']} images of `{acc['dataset']}` (seed {acc['seed']}, labels {acc['label_mapping']})"
+                  + ("; a cascade artifact here runs every stage (no exit): its cascade top-1 is in the next section"
+                     if report.get("cascade") else ""), "",
                   "| model | top-1 | agreement with PyTorch |", "|---|---|---|"]
         for name, top1 in acc["top1"].items():
             lines.append(f"| {name} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
@@ -114,9 +116,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {p['runtime']} | - | - | - | - | - | - | - | - | - | not run: {p['reason']} |")
             continue
         load = ", ".join(_fmt(v) for v in (p.get("load_avg") or []))
+        where = p["where_run"] + (f"; {p['path']}" if p.get("path") else "")
         lines.append(
             f"| {name} | {p['runtime']} {p['runtime_version']} | {p['threads']} | {p['batch']} | {p['runs']} | {_fmt(p['p50_ms'])} "
-            f"| {_fmt(p['p90_ms'])} | {_fmt(p['p99_ms'])} | {_fmt(p['mean_ms'])} | {_fmt(p['cpu_time_ms'])} | {load} | {p['where_run']} |"
+            f"| {_fmt(p['p90_ms'])} | {_fmt(p['p99_ms'])} | {_fmt(p['mean_ms'])} | {_fmt(p['cpu_time_ms'])} | {load} | {where} |"
         )
     devices = {p["device"] for p in report["profile"].values() if p.get("device")}
     if devices:

@@ -27,7 +27,8 @@ def report_plots(report: dict[str, Any], folder: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     timed = {name: p["p50_ms"] for name, p in report["profile"].items() if p.get("p50_ms") is not None}
     if timed:
-        out["Latency p50 per target (ms)"] = plots.bar_plot(timed, "p50 ms", "latency per target", folder / "latency")
+        worst = " (cascades: every stage, no exit)" if report.get("cascade") else ""
+        out[f"Latency p50 per target (ms){worst}"] = plots.bar_plot(timed, "p50 ms", "latency per target" + worst, folder / "latency")
     sizes = {a["name"]: a["size_bytes"] / 1e6 for a in report["artifacts"]}
     if sizes:
         out["Artifact size (MB)"] = plots.bar_plot(sizes, "MB", "artifact size", folder / "size")

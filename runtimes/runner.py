@@ -423,6 +423,9 @@ class CascadeSession(object):
         return predicted, exited, stage_ms
 
 
+WARMUP_EVAL = 5
+
+
 def evaluate_cascade(session, images, labels, batch):
     """Run the cascade over evaluation images (and, interleaved batch by batch, the same
     network without exits when the bundle carries it): exit histogram, per-stage and
@@ -435,6 +438,11 @@ def evaluate_cascade(session, images, labels, batch):
     per_stage = [[] for _ in range(n_stages)]
     total_ms, reference_ms, correct, reference_correct = [], [], 0, 0
     name = session.inputs[0][0]
+    warm = {name: images[:batch].astype(np.float32)}
+    for _ in range(WARMUP_EVAL):  # every stage session and the reference start warm (lazy init, caches)
+        session.run(warm)
+        if reference is not None:
+            reference.run({reference.inputs[0][0]: warm[name]})
     for start in range(0, len(images), batch):
         x = images[start:start + batch].astype(np.float32)
         t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from edgevit.bench.timing import load_average
 from edgevit.versions import library_versions
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_JSON = REPO / "benchmarks" / "bench.json"
 
 
 def machine() -> dict:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from: {', '.join(SECTIONS)}")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with data/cifar10 and models/")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "bench.json")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work")
     p.add_argument("--recipes", help="pareto section: comma-separated recipe names or files (default: every shipped recipe)")
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         report.save(args.json, data)
         args.markdown.write_text(report.render(data))
-        report.update_readme_headline(REPO / "README.md", data)
+        if args.json == DEFAULT_JSON:  # a scratch run (--json elsewhere) never rewrites the README
+            report.update_readme_headline(REPO / "README.md", data)
     print(f"wrote {args.json} and {args.markdown}", file=sys.stderr)
     return 0
 

@@ -58,7 +58,7 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
         bundle = OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), export_ctx, ctx.work / f"{name}-{budget}")
         measured = LocalTransport().run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
         lat, full = measured["latency"], measured["full_model_latency"]
-        rows.append([name, f"{budget:g} pt", f"{metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']:+.4f}",
+        rows.append([name, f"{budget:g} pt", f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f}",
                      f"{measured['accuracy']:.4f}", f"{measured['full_model_accuracy']:.4f}",
                      f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
                      " / ".join(f"{r:.0%}" for r in measured["exit_rates"]),
@@ -94,7 +94,7 @@ def exits_section(ctx: BenchContext) -> dict[str, Any]:
             continue
         rows += _model_rows(ctx, name, results, notes)
     tables = [{"title": f"Cascade vs full model, ONNX Runtime, batch 1, {THREADS} thread ({TEST_IMAGES} CIFAR-10 test images)",
-               "header": ["model", "budget", "held-out drop", "top-1 cascade", "top-1 full", "drop (pt)",
+               "header": ["model", "budget", "held-out drop (pt)", "top-1 cascade", "top-1 full", "drop (pt)",
                           "exits taken (per exit, last = final)", "mean ms", "p90 ms", "full mean ms", "full p90 ms",
                           "speed-up (mean)", "FLOPs saved (held-out estimate)"],
                "rows": rows}]

@@ -73,6 +73,8 @@ def exit_blocks(depth: int, cfg: ExitsConfig) -> list[int]:
             raise EdgevitError(f"exits: after_blocks {bad} outside 1..{depth - 1}",
                                f"this model has {depth} blocks; the last one already ends in the classifier")
         return sorted({b - 1 for b in cfg.after_blocks})
+    if depth < 2:
+        raise EdgevitError(f"exits: this model has {depth} block(s); an exit needs a block after it", "use a deeper model")
     count = cfg.count or min(4, depth - 1)
     if count > depth - 1:
         raise EdgevitError(f"exits: count {count} > {depth - 1} possible exits", f"this model has {depth} blocks")
@@ -102,7 +104,7 @@ def _head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_siz
 
 def split_train_data(ctx: PassContext, cfg: ExitsConfig, per_image_bytes: int):
     folder = scan_image_folder(ctx.train_data, "--train-data")
-    budget = int(cfg.cache_gb * 1e9 // per_image_bytes)
+    budget = int(cfg.cache_gb * 1e9 // per_image_bytes) - cfg.holdout_images  # the held-out cache counts too
     wanted = cfg.train.max_images or len(folder.samples)
     n_train = min(wanted, budget, len(folder.samples) - cfg.holdout_images)
     if n_train < cfg.train.batch_size:
@@ -112,7 +114,8 @@ def split_train_data(ctx: PassContext, cfg: ExitsConfig, per_image_bytes: int):
     random.Random(ctx.seed).shuffle(picked)
     mapping, _ = label_map(folder.classes, ctx.label_names)
     picked = [(p, mapping[y]) for p, y in picked]
-    notes = [f"training subset capped at {n_train} images by cache_gb={cfg.cache_gb}"] if budget < wanted else []
+    capped = budget < min(wanted, len(folder.samples) - cfg.holdout_images)
+    notes = [f"training subset capped at {n_train} images by cache_gb={cfg.cache_gb}"] if capped else []
     return picked[cfg.holdout_images:], picked[:cfg.holdout_images], notes, str(folder.root)
 
 
@@ -160,8 +163,9 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
                     input_size) -> tuple[list[float | None], dict[str, Any]]:
     """Thresholds (rule units) for a model with trained heads, from its cached held-out
     features, and what they give on those images (exit rates, top-1, expected FLOPs)."""
-    with torch.no_grad():
-        exit_logits = [head(t.float())[0].numpy() for head, t in zip(model.edgevit_exits, holdout["tokens"])]
+    with torch.no_grad():  # in chunks: a shallow head on a large grid (Swin at 224) would need GBs at once
+        exit_logits = [torch.cat([head(c.float())[0] for c in t.split(256)]).numpy()
+                       for head, t in zip(model.edgevit_exits, holdout["tokens"])]
     labels = holdout["labels"].numpy()
     scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
@@ -221,7 +225,8 @@ class ExitsPass:
         metrics = {"exit_blocks_1based": [b + 1 for b in blocks], "head_kinds": [s.kind for s in specs], **metrics,
                    "head_params": sum(p.numel() for p in model.edgevit_exits.parameters())}
         notes += [f"thresholds calibrated on {len(holdout_samples)} images held out from --train-data; "
-                  "expected FLOPs are an estimate from those images, latency is measured by the runner"]
+                  "expected FLOPs are an estimate from those images, latency is measured by the runner",
+                  "heads are trained and calibrated on fp16-cached tokens and run on fp32 features when deployed"]
         return model, PassRecord(kind=self.kind, config=cfg.model_dump(mode="json"), structure=structure, metrics=metrics,
                                  training=training, notes=notes)
 
