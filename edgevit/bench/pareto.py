@@ -33,6 +33,7 @@ PAIRS = ["vit_tiny_c10=deit_tiny_patch16_224", "swin_tiny_c10=swin_tiny_patch4_w
 RUNTIMES = {"x86-onnxruntime": "onnxruntime", "x86-openvino": "openvino"}
 ROUNDS, WALL_PER_ROUND, CPU_PER_ROUND = 5, 4, 3
 BASELINE = "fp32_baseline"
+SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
 
 
 def _recipe_text(name: str) -> str:
@@ -156,7 +157,7 @@ def _pair(ctx: BenchContext, pair: str, recipes: list[str], results: dict, notes
 def _plots(ctx: BenchContext, reference: str, latency_model: str, rows_meta, acc_runs) -> list[str]:
     out = Path(ctx.work).parents[1]  # benchmarks/
     made = []
-    points = [{"label": f"{m['label']} ({m['runtime'][:3]})", "kind": m["kind"], "cpu_ms": m["cpu_ms"], "top1": m["top1"],
+    points = [{"label": f"{m['label']} ({SHORT[m['runtime']]})", "kind": m["kind"], "cpu_ms": m["cpu_ms"], "top1": m["top1"],
                "size_mb": m["size"] / 1e6} for m in rows_meta if "cpu_ms" in m]
     if points:
         plots.tradeoff_plot(points, "cpu_ms", "top1", f"CPU ms per inference, 1 thread ({latency_model}, 224)",
