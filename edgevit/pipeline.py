@@ -139,6 +139,10 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     for profile in inputs.profiles:
         artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe,
                                                  loaded.random_weights)
+        if plan.cascade is not None and plan.quantized and artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
+            artifact["cascade_calibration"] = _recalibrate_cascade(stage / artifact["path"], records, opts.train_data, data_config,
+                                                                   loaded.label_names, transport, recipe)
+            artifact["files"] = _file_entries(stage / artifact["path"])
         artifacts.append(artifact)
         profiles[profile.name] = timing
 
@@ -243,7 +247,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         "path": str(bundle.path.relative_to(stage)),
         "sha256": sha256_file(model_file),
         "size_bytes": bundle.size_bytes,
-        "files": [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in bundle.files],
+        "files": _file_entries(bundle.path),
         "check": check,
         "lint": lint,
     }
@@ -257,6 +261,36 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         if "cascade" in bundle.data:
             timing["path"] = "every stage, no exit taken (worst case); the cascade's measured latency is in report.cascade"
     return artifact, timing
+
+
+def _file_entries(bundle_dir: Path) -> list[dict[str, Any]]:
+    files = [bundle_dir / "bundle.json", *(bundle_dir / f for f in json.loads((bundle_dir / "bundle.json").read_text())["files"])]
+    return [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files]
+
+
+def _recalibrate_cascade(bundle_dir: Path, records, train_data: Path, data_config, label_names, transport, recipe: Recipe):
+    """Thresholds of a quantized cascade re-calibrated on what the runtime really runs: the
+    exits pass's held-out images through the lowered stages (on the target), same budget."""
+    from edgevit.passes.exits import holdout_samples, thresholds_for
+
+    record = next(r for r in records if r["kind"] == "exits")
+    samples = holdout_samples(record, train_data, label_names)
+    progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(samples)} held-out images)")
+    images = load_images(samples, data_config).numpy()
+    labels = np.array([y for _, y in samples])
+    p = recipe.profile
+    outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=p.threads, batch=p.batch, inputs=images).outputs
+    bundle = json.loads((bundle_dir / "bundle.json").read_text())
+    stages = bundle["cascade"]["stages"]
+    exit_logits = [outputs[s["name"]] for s in stages[:-1]]
+    metrics = record["metrics"]
+    thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
+                                        record["config"]["max_accuracy_drop"], metrics["flops_per_stage"], metrics["flops_full_model"])
+    before = [s["threshold"] for s in stages[:-1]]
+    for stage_entry, t in zip(stages, thresholds):
+        stage_entry["threshold"] = t
+    (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    return {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before, "thresholds": thresholds, **result}
 
 
 def _tensorrt_lint(bundle, profile: TargetProfile) -> dict[str, Any]:

@@ -126,14 +126,12 @@ def _check_composition(path: Path, kinds: list[str]) -> None:
     """Orders and combinations the passes cannot honour, refused before any work."""
     if "exits" in kinds and kinds.count("exits") > 1:
         raise RecipeError(f"{path}: passes: more than one exits pass", "give one exits pass with all its exits")
-    if "exits" in kinds and "quantize" in kinds:
-        # Quantized stage graphs would need per-stage calibration and their thresholds
-        # re-calibrated on what the runtime really runs; until then, refuse honestly.
-        raise RecipeError(f"{path}: passes: exits and quantize in one recipe are not supported yet",
-                          "export the cascade in fp32 (drop quantize), or quantize without exits")
-    if "exits" in kinds and kinds.index("exits") != len(kinds) - 1:
-        raise RecipeError(f"{path}: passes: exits must be the last pass (heads are trained on the final backbone)",
+    if "exits" in kinds and any(k != "quantize" for k in kinds[kinds.index("exits") + 1:]):
+        raise RecipeError(f"{path}: passes: only quantize may follow exits (heads are trained on the final backbone)",
                           "move the exits block after prune / evit / tome")
+    if "exits" in kinds and "quantize" in kinds and kinds.index("quantize") < kinds.index("exits"):
+        raise RecipeError(f"{path}: passes: quantize before exits would train the heads on the fp32 backbone",
+                          "put quantize after exits: the thresholds are then re-calibrated on the quantized stages")
 
 
 def _check_exports_exist(path: Path, names: list[str]) -> None:

@@ -197,8 +197,8 @@ def test_local_heads_need_the_token_grid():
 
 
 @pytest.mark.parametrize("passes, match", [
-    ("[{kind: exits, count: 1}, {kind: quantize, budget: {avg_weight_bits: 8}}]", "not supported yet"),
-    ("[{kind: exits, count: 1}, {kind: tome, r: 2}]", "must be the last pass"),
+    ("[{kind: quantize, method: uniform}, {kind: exits, count: 1}]", "quantize before exits"),
+    ("[{kind: exits, count: 1}, {kind: tome, r: 2}]", "only quantize may follow exits"),
 ])
 def test_recipe_refuses_what_a_cascade_cannot_honour(write_recipe, passes, match):
     from edgevit.recipe import load_recipe
@@ -230,3 +230,27 @@ def test_shipped_exits_recipe_validates():
 
     recipe = load_recipe("exits_deit").recipe
     assert recipe.passes[0].kind == "exits" and recipe.passes[0].max_accuracy_drop == 0.5
+
+
+def test_quantized_cascade_is_lowered_per_stage_and_recalibrated(cli, write_recipe, tmp_path, train_folder, images):
+    recipe = write_recipe(
+        "name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 2, holdout_images: 100, max_accuracy_drop: 5,\n"
+        f"     train: {json.dumps(SMALL_TRAIN)}}}\n  - {{kind: quantize, method: uniform, weights: int8}}\n"
+        "exports: [x86-onnxruntime]\nevaluation: {check_batch: 4, cascade_n: 6}\nprofile: {runs: 2, warmup: 1}\n")
+    out = tmp_path / "q"
+    result = cli("compress", "--recipe", recipe, "--train-data", train_folder, "--data", images, "--calib-data", train_folder,
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    art = report["artifacts"][0]
+    assert art["check"]["passed"] and "int8" in art["executed_precision"]
+    bundle = json.loads((out / art["path"] / "bundle.json").read_text())
+    recal = art["cascade_calibration"]
+    assert [s["threshold"] for s in bundle["cascade"]["stages"][:-1]] == recal["thresholds"]
+    assert recal["holdout_images"] == 100 and abs(sum(recal["exit_rates"]) - 1) < 1e-9
+    import onnx
+
+    for stage in bundle["cascade"]["stages"]:  # every stage really holds int8 MatMuls (heads stay float)
+        ops = {n.op_type for n in onnx.load(str(out / art["path"] / stage["file"])).graph.node}
+        assert "DequantizeLinear" in ops, stage["file"]
+    assert sum(report["cascade"]["artifacts"]["x86-onnxruntime"]["exit_histogram"]) == 6

@@ -12,21 +12,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+from edgevit.errors import ExportError
 
 from edgevit.cascade import EXIT_OUTPUT, FINAL_OUTPUT, INPUT, cascade_stages, exit_output_name, feature_names, stage_example_inputs
 from edgevit.exporters.base import ExportContext, LoweringPlan
 from edgevit.exporters.onnx import export_module
+
+STAGE_PREFIX = "model."  # CascadeStage keeps the model as its ``model`` attribute
 
 
 def cascade_onnx_graphs(model: nn.Module, plan: LoweringPlan, ctx: ExportContext, opset: int,
                         forms: dict[str, str] | None = None) -> tuple[list[Path], dict[str, Any]]:
     """fp32 stage graphs (exported once per opset and forms per run) and the manifest."""
     forms = dict(forms or {})
+    if any(p == "int4" for p in plan.layer_precision.values()):
+        opset = max(opset, 21)  # blocked int4 DequantizeLinear exists from opset 21
     key = f"cascade-opset{opset}-{json.dumps(forms, sort_keys=True)}"
     if key not in ctx.cache:
         ctx.cache[key] = _export_stages(model, ctx, opset, forms)
     paths, described = ctx.cache[key]
+    if plan.quantized:
+        paths = _lowered_stages(model, paths, described, plan, ctx, forms)
     # thresholds live in the manifest only (not in the graphs): set per plan
     stages = [{**stage, "threshold": None if stage["exit_output"] is None else plan.cascade["thresholds"][k]}
               for k, stage in enumerate(described)]
@@ -34,6 +43,42 @@ def cascade_onnx_graphs(model: nn.Module, plan: LoweringPlan, ctx: ExportContext
                 "rule_meaning": "confidence: exit if max softmax >= threshold; entropy: exit if softmax entropy <= threshold; "
                                 "threshold null: never exit there"}
     return paths, manifest
+
+
+def _lowered_stages(model: nn.Module, paths: list[Path], described: list[dict], plan: LoweringPlan, ctx: ExportContext,
+                    forms: dict[str, str]) -> list[Path]:
+    """Each stage graph with the plan's layers lowered (QDQ int8 / blocked int4); int8
+    activations are calibrated on what each stage really receives: the calibration images
+    run through the stages before it."""
+    symmetric = forms.get("int8_activations") == "symmetric"
+    key = f"{paths[0]}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}-{symmetric}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    import onnx
+
+    from edgevit.exporters.quantize_onnx import linear_nodes, quantize_graph
+
+    feeds: list[dict[str, Any] | None] = [None] * len(paths)
+    if any(p == "int8" for p in plan.layer_precision.values()):
+        images = ctx.calibration.images(ctx.preprocessing)
+        chunks = [stage_example_inputs(cascade_stages(model), c) for c in images.split(16)]
+        feeds = [{name: torch.cat([c[k][i] for c in chunks]).numpy() for i, name in enumerate(stage["inputs"])}
+                 for k, stage in enumerate(described)]
+    lowered, covered = [], set()
+    for k, path in enumerate(paths):
+        present = linear_nodes(onnx.load(str(path), load_external_data=False), STAGE_PREFIX)
+        precision = {m: p for m, p in plan.layer_precision.items() if m in present}
+        covered |= set(precision)
+        out = path.parent / f"lowered-{len(ctx.cache)}" / path.name
+        out.parent.mkdir(exist_ok=True)
+        quantize_graph(path, out, precision, {m: b for m, b in plan.int4_block.items() if m in precision}, feeds[k],
+                       clip_percentile=plan.activation_clip_percentile, symmetric_activations=symmetric, module_prefix=STAGE_PREFIX)
+        lowered.append(out)
+    missing = [m for m, p in plan.layer_precision.items() if p in ("int8", "int4") and m not in covered]
+    if missing:
+        raise ExportError(f"quantized layers found in no cascade stage: {', '.join(missing[:3])}")
+    ctx.cache[key] = lowered
+    return lowered
 
 
 def _export_stages(model: nn.Module, ctx: ExportContext, opset: int, forms: dict[str, str]) -> tuple[list[Path], list[dict]]:

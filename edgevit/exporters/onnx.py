@@ -136,9 +136,9 @@ class OnnxExporter:
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
 
-        if plan.quantized or profile.runtime == "tensorrt":
-            raise ExportError(f"{profile.name}: cascades are exported for ONNX Runtime and OpenVINO in fp32 only",
-                              "drop this export profile (or the quantize pass) from the recipe")
+        if profile.runtime == "tensorrt":
+            raise ExportError(f"{profile.name}: cascades are exported for ONNX Runtime and OpenVINO only",
+                              "drop this export profile from a recipe with an exits pass")
         paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, stage in zip(paths, manifest["stages"]):
@@ -147,7 +147,7 @@ class OnnxExporter:
         inputs, _ = onnx_io(out_dir / paths[0].name)
         outputs = [{"name": s["name"]} for s in manifest["stages"]]
         options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
-        reference = export_onnx_graph(model, ctx, profile.opset, profile.export_forms)
+        reference = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)  # same precision, no exits
         shutil.copy2(reference, out_dir / "reference.onnx")
         files = [p.name for p in paths] + ["reference.onnx"]
         data = bundle_data(profile, ctx, plan.summary_precision, paths[0].name, files, inputs, outputs, options)

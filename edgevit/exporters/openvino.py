@@ -8,7 +8,7 @@ from torch import nn
 
 from edgevit.errors import ExportError
 from edgevit.exporters.base import Bundle, reference_model_entry, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
-from edgevit.exporters.onnx import export_onnx_graph, lowered_onnx_graph, onnx_io
+from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on AVX-512 BF16 machines unless told
 # otherwise; the hint follows the precision the plan asked for.
@@ -34,8 +34,6 @@ class OpenvinoExporter:
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
 
-        if plan.quantized:
-            raise ExportError(f"{profile.name}: cascades are exported in fp32 only", "drop the quantize pass from the recipe")
         paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
@@ -43,7 +41,7 @@ class OpenvinoExporter:
             _convert(path, out_dir / f"{path.stem}.xml", plan)
             stage["file"] = f"{path.stem}.xml"
             files += [f"{path.stem}.xml", f"{path.stem}.bin"]
-        _convert(export_onnx_graph(model, ctx, profile.opset, profile.export_forms), out_dir / "reference.xml", plan)
+        _convert(lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms), out_dir / "reference.xml", plan)
         files += ["reference.xml", "reference.bin"]
         inputs, _ = onnx_io(paths[0])
         outputs = [{"name": s["name"]} for s in manifest["stages"]]

@@ -23,8 +23,9 @@ from edgevit.errors import ExportError
 INT8_AXIS = {"MatMul": 1}  # MatMul weights are [in, out]: one scale per output channel
 
 
-def linear_nodes(model) -> dict[str, str]:
-    """Module path of each Linear (as the dynamo exporter names it) -> its MatMul node."""
+def linear_nodes(model, module_prefix: str = "") -> dict[str, str]:
+    """Module path of each Linear (as the dynamo exporter names it, minus ``module_prefix``:
+    a cascade stage wraps the model as ``model``) -> its MatMul node."""
     initializers = {i.name for i in model.graph.initializer}
     found = {}
     for node in model.graph.node:
@@ -33,8 +34,8 @@ def linear_nodes(model) -> dict[str, str]:
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
         if scopes:
             path = ast.literal_eval(scopes)
-            if len(path) >= 2:
-                found[path[-2]] = node.name
+            if len(path) >= 2 and path[-2].startswith(module_prefix):
+                found[path[-2][len(module_prefix):]] = node.name
     return found
 
 
@@ -60,22 +61,25 @@ def strip_metadata(model) -> None:
 class _Calibration:
     """onnxruntime CalibrationDataReader over preprocessed calibration images."""
 
-    def __init__(self, images: np.ndarray, input_name: str, batch: int = 8):
-        self.batches = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
+    def __init__(self, images: np.ndarray | dict[str, np.ndarray], input_name: str, batch: int = 8):
+        feeds = images if isinstance(images, dict) else {input_name: images}  # a cascade stage has named feature inputs
+        n = len(next(iter(feeds.values())))
+        self.batches = iter([{k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, n, batch)])
 
     def get_next(self):
         return next(self.batches, None)
 
 
 def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_blocks: dict[str, int],
-                   calibration: np.ndarray | None, input_name: str = "input",
-                   clip_percentile: float | None = None, symmetric_activations: bool = False) -> dict[str, int]:
+                   calibration: np.ndarray | dict[str, np.ndarray] | None, input_name: str = "input",
+                   clip_percentile: float | None = None, symmetric_activations: bool = False,
+                   module_prefix: str = "") -> dict[str, int]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    nodes = linear_nodes(onnx.load(str(src), load_external_data=False))
+    nodes = linear_nodes(onnx.load(str(src), load_external_data=False), module_prefix)
     missing = [m for m, p in layer_precision.items() if p in ("int8", "int4") and m not in nodes]
     if missing:
         raise ExportError(f"quantized layers not found in the exported graph: {', '.join(missing[:3])}",

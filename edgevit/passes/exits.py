@@ -110,13 +110,26 @@ def split_train_data(ctx: PassContext, cfg: ExitsConfig, per_image_bytes: int):
     if n_train < cfg.train.batch_size:
         raise EdgevitError(f"--train-data {folder.root}: {len(folder.samples)} images leave {n_train} for head training "
                            f"after {cfg.holdout_images} held out", "give more images or lower holdout_images")
-    picked = list(folder.subset(n_train + cfg.holdout_images, ctx.seed))
-    random.Random(ctx.seed).shuffle(picked)
-    mapping, _ = label_map(folder.classes, ctx.label_names)
-    picked = [(p, mapping[y]) for p, y in picked]
+    picked = _draw(folder, n_train + cfg.holdout_images, ctx.seed, ctx.label_names)
     capped = budget < min(wanted, len(folder.samples) - cfg.holdout_images)
     notes = [f"training subset capped at {n_train} images by cache_gb={cfg.cache_gb}"] if capped else []
     return picked[cfg.holdout_images:], picked[:cfg.holdout_images], notes, str(folder.root)
+
+
+def _draw(folder, n: int, seed: int, label_names) -> list[tuple[Any, int]]:
+    """Seeded draw of training images, shuffled: the first ``holdout_images`` are held out."""
+    picked = list(folder.subset(n, seed))
+    random.Random(seed).shuffle(picked)
+    mapping, _ = label_map(folder.classes, label_names)
+    return [(p, mapping[y]) for p, y in picked]
+
+
+def holdout_samples(record: dict[str, Any], train_data, label_names) -> list[tuple[Any, int]]:
+    """The held-out images an exits record was calibrated on, drawn again from --train-data
+    (same seed and counts), so thresholds can be re-calibrated on quantized stages."""
+    h = record["structure"]["holdout"]
+    folder = scan_image_folder(train_data, "--train-data")
+    return _draw(folder, h["n_train"] + h["n_holdout"], h["seed"], label_names)[:h["n_holdout"]]
 
 
 def cache_features(model: nn.Module, samples, blocks: list[int], ctx: PassContext, label: str) -> dict[str, Any]:
@@ -166,18 +179,23 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     with torch.no_grad():  # in chunks: a shallow head on a large grid (Swin at 224) would need GBs at once
         exit_logits = [torch.cat([head(c.float())[0] for c in t.split(256)]).numpy()
                        for head, t in zip(model.edgevit_exits, holdout["tokens"])]
-    labels = holdout["labels"].numpy()
+    return thresholds_for(exit_logits, holdout["logits"].numpy(), holdout["labels"].numpy(), rule, max_drop_points,
+                          _stage_flops(model, input_size), count_flops(model, input_size))
+
+
+def thresholds_for(exit_logits: list[np.ndarray], final_logits: np.ndarray, labels: np.ndarray, rule: str,
+                   max_drop_points: float, stage_flops: list[int], full_flops: int) -> tuple[list[float | None], dict[str, Any]]:
+    """Thresholds (rule units) from every exit's logits on held-out images, and what they
+    give there. Used on PyTorch outputs by the pass and on a runtime's outputs after quantization."""
     scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
-    correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
-    stage_flops = _stage_flops(model, input_size)
+    correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, final_logits]])
     result = calibrate(scores, correct, np.cumsum(stage_flops).astype(np.float64), max_drop_points / 100.0)
     outcome = result["outcome"]
-    full_flops = count_flops(model, input_size)
     return [to_rule_units(t, rule) for t in result["thresholds"]], {
         "holdout_images": len(labels), "holdout_top1_full": result["full_accuracy"],
         "holdout_top1_cascade": outcome.accuracy, "holdout_top1_per_exit": correct[:-1].mean(1).tolist(),
         "exit_rates": outcome.exit_rates, "threshold_search": result["search"],
-        "flops_per_stage": stage_flops, "flops_full_model": full_flops, "expected_flops": outcome.expected_cost,
+        "flops_per_stage": list(stage_flops), "flops_full_model": full_flops, "expected_flops": outcome.expected_cost,
         "expected_flops_reduction": 1 - outcome.expected_cost / full_flops,
     }
 
@@ -221,7 +239,8 @@ class ExitsPass:
 
         thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop, ctx.input_size)
         self.holdout = hold_cache  # kept so a caller (the bench) can re-calibrate at other budgets without re-training
-        structure = {"heads": [_spec_dict(s) for s in specs], "rule": cfg.rule, "thresholds": thresholds}
+        structure = {"heads": [_spec_dict(s) for s in specs], "rule": cfg.rule, "thresholds": thresholds,
+                     "holdout": {"seed": ctx.seed, "n_train": len(train_samples), "n_holdout": len(holdout_samples)}}
         metrics = {"exit_blocks_1based": [b + 1 for b in blocks], "head_kinds": [s.kind for s in specs], **metrics,
                    "head_params": sum(p.numel() for p in model.edgevit_exits.parameters())}
         notes += [f"thresholds calibrated on {len(holdout_samples)} images held out from --train-data; "

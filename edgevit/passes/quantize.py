@@ -61,10 +61,12 @@ class QuantizeConfig(PassConfig):
 
 
 def governed_layers(model: nn.Module, keep_fp32: list[str]) -> dict[str, nn.Linear]:
-    """Every Linear except the classifier and the user's exclusions."""
+    """Every Linear except the classifier, early-exit heads (small, and outside model(x) so
+    LRP cannot score them: they stay fp32) and the user's exclusions."""
     classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head"))
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not name.startswith(classifier) and name not in keep_fp32}
+            if isinstance(m, nn.Linear) and not name.startswith(classifier) and not name.startswith("edgevit_exits.")
+            and name not in keep_fp32}
 
 
 @register_pass
