@@ -32,6 +32,7 @@ class HeadSpec:
     embed_dim: int  # final feature width (target of the feature loss)
     num_classes: int
     pool: int = 2  # global head: keys/values pooled to pool x pool
+    tokens: int = 0  # tokens the head reads at the model's input size (sizes the feature cache)
 
 
 class LocalPerceptionHead(nn.Module):

@@ -135,13 +135,13 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     plan = LoweringPlan.from_records(records)
     ectx = ExportContext(example_input=check_x, preprocessing=jsonable_config(data_config), label_names=loaded.label_names, calibration=calibration)
     transport = transport_for(recipe.profile.target)
-    artifacts, profiles = [], {}
+    artifacts, profiles, holdout = [], {}, None
     for profile in inputs.profiles:
         artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe,
                                                  loaded.random_weights)
         if plan.cascade is not None and plan.quantized and artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
-            artifact["cascade_calibration"] = _recalibrate_cascade(stage / artifact["path"], records, opts.train_data, data_config,
-                                                                   loaded.label_names, transport, recipe)
+            holdout = holdout or _exits_holdout(records, opts.train_data, data_config, loaded.label_names)  # read once per run
+            artifact["cascade_calibration"] = _recalibrate_cascade(stage / artifact["path"], records, holdout, transport, recipe)
             artifact["files"] = _file_entries(stage / artifact["path"])
         artifacts.append(artifact)
         profiles[profile.name] = timing
@@ -268,16 +268,22 @@ def _file_entries(bundle_dir: Path) -> list[dict[str, Any]]:
     return [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files]
 
 
-def _recalibrate_cascade(bundle_dir: Path, records, train_data: Path, data_config, label_names, transport, recipe: Recipe):
+def _exits_holdout(records, train_data: Path, data_config, label_names) -> tuple[np.ndarray, np.ndarray]:
+    """The exits pass's held-out images (drawn again from --train-data) and labels."""
+    from edgevit.passes.exits import holdout_samples
+
+    samples = holdout_samples(next(r for r in records if r["kind"] == "exits"), train_data, label_names)
+    return load_images(samples, data_config).numpy(), np.array([y for _, y in samples])
+
+
+def _recalibrate_cascade(bundle_dir: Path, records, holdout: tuple[np.ndarray, np.ndarray], transport, recipe: Recipe):
     """Thresholds of a quantized cascade re-calibrated on what the runtime really runs: the
     exits pass's held-out images through the lowered stages (on the target), same budget."""
-    from edgevit.passes.exits import holdout_samples, thresholds_for
+    from edgevit.passes.exits import thresholds_for
 
     record = next(r for r in records if r["kind"] == "exits")
-    samples = holdout_samples(record, train_data, label_names)
-    progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(samples)} held-out images)")
-    images = load_images(samples, data_config).numpy()
-    labels = np.array([y for _, y in samples])
+    images, labels = holdout
+    progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
     p = recipe.profile
     outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=p.threads, batch=p.batch, inputs=images).outputs
     bundle = json.loads((bundle_dir / "bundle.json").read_text())

@@ -71,3 +71,17 @@ def test_readme_headline_is_regenerated_between_markers(tmp_path):
     assert "old" not in text and "| vit | int8_deit | onnxruntime | 0.7300 | -0.10 | 6.1 | 2.10x | 1.05x |" in text
     assert text.startswith("intro\n") and text.endswith("rest\n")
     assert json.dumps(data)  # bench.json stays the only source
+
+
+def test_time_variants_reports_the_spread_of_round_medians():
+    from edgevit.bench.timing import interleaved, summary
+    from edgevit.bench.variants import time_variants
+
+    calls = []
+    timing = time_variants(lambda threads: {"a": lambda: calls.append(threads), "b": lambda: None}, rounds=3, per_round=2,
+                           cpu_per_round=1)
+    assert calls.count(2) == 3 + 3 * 2 and calls.count(1) == 3 + 3 * 1  # warm-up + rounds x per_round, per phase
+    spread = timing["a"]["wall_2t"]["round_medians"]
+    assert spread["min"] <= spread["median"] <= spread["max"] and timing["a"]["cpu_1t"]["n"] == 3
+    assert summary([1.0, 3.0, 10.0, 20.0], per_round=2)["round_medians"] == {"min": 2.0, "median": 8.5, "max": 15.0}
+    assert set(interleaved({"x": lambda: None}, 1, 1)) == {"x"}

@@ -22,7 +22,7 @@ from edgevit import plots, resources
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, nncf_weight_compression, ort_quantize_static
 from edgevit.bench.runs import compress_run
-from edgevit.bench.timing import interleaved
+from edgevit.bench.variants import time_variants
 from edgevit.errors import EdgevitError
 from edgevit.profiling import runner_module
 from edgevit.recipe import resolve_recipe_path
@@ -66,28 +66,19 @@ def _peers(ctx: BenchContext, fp32: dict, tag: str, calib: Path | None) -> dict[
 
 
 def _time(variants: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Interleaved rounds; per variant the median of each round, then min/median/max over rounds."""
+    """Every artifact folder through the device runner's loader, timed by time_variants."""
     runner = runner_module()
-    size = None
-    out: dict[str, dict[str, Any]] = {}
-    for threads, per_round, kind in ((2, WALL_PER_ROUND, "wall_2t"), (1, CPU_PER_ROUND, "cpu_1t")):
-        torch.set_num_threads(threads)
+
+    def build(threads: int) -> dict[str, Any]:
         fns = {}
         for name, folder in variants.items():
             session = runner.open_artifact(str(folder), threads)
             shape = [1 if not isinstance(d, int) or d <= 0 else d for d in session.inputs[0][1]]
-            size = size or shape
             feeds = {session.inputs[0][0]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
             fns[name] = (lambda s=session, f=feeds: s.run(f))
-        samples = interleaved(fns, ROUNDS, per_round, cpu_time=kind == "cpu_1t")
-        for name, s in samples.items():
-            values = s.cpu_ms if kind == "cpu_1t" else s.wall_ms
-            rounds = [float(np.median(values[r * per_round:(r + 1) * per_round])) for r in range(ROUNDS)]
-            entry = {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
-                     "round_medians": {"min": min(rounds), "median": float(np.median(rounds)), "max": max(rounds)}}
-            out.setdefault(name, {})[kind] = entry
-    torch.set_num_threads(2)
-    return out
+        return fns
+
+    return time_variants(build, ROUNDS, WALL_PER_ROUND, cpu_per_round=CPU_PER_ROUND)
 
 
 def _pair(ctx: BenchContext, pair: str, recipes: list[str], results: dict, notes: list[str], figures: list[str]) -> list[list[Any]]:

@@ -13,8 +13,7 @@ import yaml
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_top1, calibration_images, ort_quantize_static
 from edgevit.bench.runs import compress_run
-from edgevit.bench.timing import interleaved, summary
-from edgevit.bench.variants import artifact_variants
+from edgevit.bench.variants import artifact_variants, time_variants
 from edgevit.recipe import resolve_recipe_path
 from edgevit.yamlfile import load_yaml
 
@@ -113,27 +112,18 @@ def _latency(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> li
             runs[label], failed = compress_run(ctx, label, name, VARIANTS[label], None, None, 1)
             if failed:
                 notes.append(f"{name} {label}: published as .failed and still timed: {failed}")
-        torch.set_num_threads(1)
-        fns = {}
-        for label, run in runs.items():
-            fns |= artifact_variants(run, 1, prefix=f"{label}|", eager=False)
-        cpu = interleaved(fns, rounds=5, per_round=3, cpu_time=True)
-        torch.set_num_threads(2)
-        fns = {}
-        for label, run in runs.items():
-            fns |= artifact_variants(run, 2, prefix=f"{label}|", eager=False)
-        wall = interleaved(fns, rounds=5, per_round=3)
+        timing = time_variants(lambda threads: {k: f for label, run in runs.items()
+                                                for k, f in artifact_variants(run, threads, prefix=f"{label}|", eager=False).items()},
+                               rounds=5, per_round=3)
         reps = {label: json.loads((run / "report.json").read_text()) for label, run in runs.items()}
         for runtime, profile in (("onnxruntime", "x86-onnxruntime"), ("openvino", "x86-openvino")):
-            base_cpu = summary(cpu[f"fp32|{runtime}"].cpu_ms)["p50"]
-            base_wall = summary(wall[f"fp32|{runtime}"].wall_ms)["p50"]
+            base = timing[f"fp32|{runtime}"]
             for label, rep in reps.items():
                 art = next(a for a in rep["artifacts"] if a["name"] == profile)
-                c, w = summary(cpu[f"{label}|{runtime}"].cpu_ms)["p50"], summary(wall[f"{label}|{runtime}"].wall_ms)["p50"]
+                c, w = timing[f"{label}|{runtime}"]["cpu_1t"]["p50"], timing[f"{label}|{runtime}"]["wall_2t"]["p50"]
                 rows.append([name, label, runtime, art["executed_precision"], f"{art['size_bytes'] / 1e6:.1f}",
-                             w, base_wall / w, c, base_cpu / c])
-        results[f"{name}-latency"] = {"cpu_1t": {k: summary(v.cpu_ms) for k, v in cpu.items()},
-                                      "wall_2t": {k: summary(v.wall_ms) for k, v in wall.items()}}
+                             w, base["wall_2t"]["p50"] / w, c, base["cpu_1t"]["p50"] / c])
+        results[f"{name}-latency"] = timing
     return rows
 
 

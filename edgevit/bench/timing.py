@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,17 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
     return samples
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float], per_round: int | None = None) -> dict[str, Any]:
+    """Percentiles of the samples; with ``per_round`` (samples of one variant are taken
+    ``per_round`` at a time by ``interleaved``) also min/median/max of the round medians,
+    the rerun variance."""
     a = np.asarray(values)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()), "n": int(a.size)}
+    out: dict[str, Any] = {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
+                           "n": int(a.size)}
+    if per_round:
+        rounds = [float(np.median(a[i:i + per_round])) for i in range(0, a.size, per_round)]
+        out["round_medians"] = {"min": min(rounds), "median": float(np.median(rounds)), "max": max(rounds)}
+    return out
 
 
 def load_average() -> float:

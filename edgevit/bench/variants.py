@@ -36,11 +36,14 @@ def artifact_variants(run_dir: Path, threads: int, prefix: str = "", eager: bool
     return fns
 
 
-def time_variants(build, rounds: int, per_round: int) -> dict[str, Any]:
-    """``build(threads)`` -> callables; wall at 2 threads, then CPU time at 1 thread."""
+def time_variants(build, rounds: int, per_round: int, cpu_per_round: int | None = None) -> dict[str, Any]:
+    """``build(threads)`` -> callables; wall at 2 threads, then CPU time at 1 thread, each
+    interleaved; per variant the summaries with the spread of the round medians."""
+    cpu_per_round = cpu_per_round or per_round
     torch.set_num_threads(2)
     wall = interleaved(build(2), rounds, per_round)
     torch.set_num_threads(1)
-    cpu = interleaved(build(1), rounds, per_round, cpu_time=True)
+    cpu = interleaved(build(1), rounds, cpu_per_round, cpu_time=True)
     torch.set_num_threads(2)
-    return {name: {"wall_2t": summary(wall[name].wall_ms), "cpu_1t": summary(cpu[name].cpu_ms)} for name in wall}
+    return {name: {"wall_2t": summary(wall[name].wall_ms, per_round), "cpu_1t": summary(cpu[name].cpu_ms, cpu_per_round)}
+            for name in wall}

@@ -98,7 +98,7 @@ def _head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_siz
             raise EdgevitError(f"exits: block {b + 1} follows token reduction, so there is no token grid for a local head",
                                "use head: global or linear (or auto)")
         specs.append(HeadSpec(kind, b, int(t.shape[-1]), grid, prefix if not isinstance(adapter, SwinAdapter) else 0,
-                              int(pre_logits.shape[-1]), int(model.num_classes)))
+                              int(pre_logits.shape[-1]), int(model.num_classes), tokens=int(t.shape[1])))
     return specs
 
 
@@ -222,7 +222,7 @@ class ExitsPass:
         specs = _head_specs(model, blocks, cfg, ctx.input_size)
         torch.manual_seed(ctx.seed)
         attach_exits(model, specs)
-        per_image = 2 * sum(_tokens_per_image(model, s, ctx.input_size) for s in specs) + 2 * specs[0].embed_dim + 8 * model.num_classes
+        per_image = 2 * sum(s.tokens * s.dim for s in specs) + 2 * specs[0].embed_dim + 8 * model.num_classes  # fp16 cache
         train_samples, holdout_samples, notes, root = split_train_data(ctx, cfg, per_image)
 
         started = time.monotonic()
@@ -258,15 +258,3 @@ def _spec_dict(spec: HeadSpec) -> dict[str, Any]:
     d = asdict(spec)
     d["grid"] = list(spec.grid) if spec.grid else None
     return d
-
-
-def _tokens_per_image(model: nn.Module, spec: HeadSpec, input_size) -> int:
-    if spec.grid is not None:
-        return (spec.grid[0] * spec.grid[1] + spec.prefix) * spec.dim
-    return count_tokens_after(model, spec.block, input_size) * spec.dim
-
-
-def count_tokens_after(model: nn.Module, block: int, input_size) -> int:
-    with torch.no_grad():
-        tokens, _, _ = block_features(model, torch.zeros(1, *input_size), [block])
-    return int(tokens[0].shape[1])

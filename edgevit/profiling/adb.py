@@ -12,12 +12,13 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
 from edgevit.errors import EdgevitError, RunnerError
-from edgevit.profiling.transport import RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command
+from edgevit.profiling.transport import (RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command,
+                                        target_options)
 
 DEVICE_TMP = "/data/local/tmp"
 
@@ -30,11 +31,7 @@ class AdbTransport:
         serial = parsed.netloc or parsed.path.lstrip("/")
         if parsed.scheme != "adb" or not serial:
             raise EdgevitError(f"--target {url}: not an adb target", "write adb://SERIAL (see `adb devices`)")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        unknown = set(query) - {"python", "timeout", "adb", "benchmark_model"}
-        if unknown:
-            raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}",
-                               "known: python, timeout, adb, benchmark_model")
+        query = target_options(url, {"python", "timeout", "adb", "benchmark_model"})
         self.benchmark_model = query.get("benchmark_model")
         self.serial, self.python = serial, query.get("python", "python3")
         self.timeout, self.adb = float(query.get("timeout", 600)), query.get("adb", "adb")

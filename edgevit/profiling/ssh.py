@@ -13,12 +13,13 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
 from edgevit.errors import EdgevitError, RunnerError
-from edgevit.profiling.transport import RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command
+from edgevit.profiling.transport import (RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command,
+                                        target_options)
 
 CONNECT_TIMEOUT_S = 10
 
@@ -38,11 +39,7 @@ class SshTarget:
         parsed = urlparse(url)
         if parsed.scheme != "ssh" or not parsed.hostname:
             raise EdgevitError(f"--target {url}: not an ssh target", "write ssh://user@host[:port]")
-        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        unknown = set(query) - {"identity", "known_hosts", "python", "timeout"}
-        if unknown:
-            raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}",
-                               "known: identity, known_hosts, python, timeout")
+        query = target_options(url, {"identity", "known_hosts", "python", "timeout"})
         return cls(parsed.username, parsed.hostname, parsed.port or 22, query.get("identity"), query.get("known_hosts"),
                    query.get("python", "python3"), float(query.get("timeout", 600)))
 

@@ -103,6 +103,17 @@ def remote_artifact(remote: str, artifact: Path) -> str:
     return f"{remote}/" if artifact.is_dir() else f"{remote}/{artifact.name}"
 
 
+def target_options(url: str, known: set[str]) -> dict[str, str]:
+    """The ``?key=value`` options of a target URL (last value wins); an unknown key is an error."""
+    from urllib.parse import parse_qs, urlparse
+
+    query = {k: v[-1] for k, v in parse_qs(urlparse(url).query).items()}
+    unknown = set(query) - known
+    if unknown:
+        raise EdgevitError(f"--target {url}: unknown option(s) {', '.join(sorted(unknown))}", f"known: {', '.join(sorted(known))}")
+    return query
+
+
 def parse_runner_output(artifact: Path, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     try:
