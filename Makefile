@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench,litert]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench,litert,tune]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -21,7 +21,7 @@ from edgevit import resources
 from edgevit.data import load_images, scan_image_folder, synthetic_images
 from edgevit.errors import DataError, RecipeError
 from edgevit.recipe import CalibrationSpec
-from edgevit.schema import StrictModel, did_you_mean, first_error
+from edgevit.schema import StrictModel, did_you_mean, first_error, seed_field
 from edgevit.yamlfile import load_yaml
 
 
@@ -31,8 +31,8 @@ class CalibrationManifest(StrictModel):
     name: str
     description: str = ""
     root: str = Field(description="image folder (class/xxx.jpg); relative paths are relative to the working directory")
-    n: int = Field(64, ge=1)
-    seed: int = 0
+    n: int = Field(64, ge=1, le=100_000)
+    seed: int = seed_field()
 
 
 @dataclass
@@ -88,7 +88,8 @@ def load_manifest(name_or_path: str) -> tuple[CalibrationManifest, Path]:
     try:
         return CalibrationManifest.model_validate(load_yaml(path)), path
     except ValidationError as exc:
-        raise RecipeError(f"{path}: {first_error(exc, CalibrationManifest)}") from None
+        raise RecipeError(f"{path}: {first_error(exc, CalibrationManifest)}",
+                          "a calibration manifest has name, root (an image folder), n, seed; see calibration/*.yaml") from None
 
 
 def resolve_calibration(

@@ -69,7 +69,7 @@ def block_features(model: nn.Module, x: torch.Tensor, blocks: list[int]) -> tupl
         h = adapter.run_block(b, h)
         if b in blocks:
             tokens.append(adapter.tokens(h))
-    pre_logits = model.forward_head(model.norm(h), pre_logits=True)
+    pre_logits = adapter.pre_logits(h)
     return tokens, adapter.finish(h), pre_logits
 
 

@@ -57,7 +57,7 @@ def _unwrap(path: Path, state: object) -> dict[str, torch.Tensor]:
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ModelError(f"{path}: does not hold a state dict of tensors", "save model.state_dict()")
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
@@ -81,4 +81,19 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
             f"{source}: does not fit the model: " + "; ".join(parts),
             "check the model name and model_args (e.g. num_classes, img_size) match the checkpoint",
         )
+    _check_dtypes(own, state, source)
     model.load_state_dict(state, strict=True)
+
+
+def _check_dtypes(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict casts silently: integer weights (a quantized or corrupted export)
+    would become float parameters holding integer codes, and floats copied into an index
+    buffer would be truncated. Only float-to-float (fp16/bf16 -> fp32) is a safe cast."""
+    for k, mine in own.items():
+        theirs = state[k]
+        if mine.is_floating_point() != theirs.is_floating_point() or theirs.is_complex() != mine.is_complex():
+            raise ModelError(
+                f"{source}: tensor {k} is {str(theirs.dtype).removeprefix('torch.')} where the model has "
+                f"{str(mine.dtype).removeprefix('torch.')}; it would be cast silently",
+                "give the float (unquantized) state dict; edgevit quantizes in its own passes",
+            )

@@ -16,11 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:
-    from edgevit.progress import console
+    from edgevit.progress import console, say
 
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    say("error:", "red", message, soft_wrap=True)  # user text: printed as text, never as markup
     if hint:
-        console.print(f"  fix: {hint}", soft_wrap=True)
+        console.print(f"  fix: {hint}", soft_wrap=True, markup=False)
     raise typer.Exit(code)
 
 
@@ -33,6 +33,11 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except EdgevitError as exc:
             _fail(exc.message, exc.hint, exc.exit_code)
+        except OSError as exc:  # full disk, permissions, a file in the way: the environment, one line
+            from edgevit.oserrors import os_error
+
+            err = os_error(exc)
+            _fail(err.message, err.hint, err.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", None, 130)
 
@@ -79,13 +84,15 @@ def compress(
 @app.command()
 @user_errors
 def validate(recipe: str = typer.Argument(..., help="recipe file or shipped recipe name")) -> None:
-    """Check a recipe against the schema without running it."""
-    from edgevit.exporters import load_profile
-    from edgevit.recipe import load_recipe
+    """Check a recipe against the schema, and its passes against its export profiles'
+    capabilities, without running it (no torch is imported: it answers in well under a second)."""
+    from edgevit.recipe import load_recipe, recipe_targets
 
     loaded = load_recipe(recipe)
-    for name in loaded.recipe.exports:
-        load_profile(name)
+    recipe_targets(loaded)
+    from edgevit.profiling.target import parse_target
+
+    parse_target(loaded.recipe.profile.target, f"{loaded.path}: profile.target")  # the same parser profiling uses
     r = loaded.recipe
     print(f"{loaded.path}: ok ({r.name}: {len(r.passes)} pass(es): {', '.join(p.kind for p in r.passes) or 'none'}; "
           f"exports: {', '.join(r.exports) or 'none'})")
@@ -111,7 +118,7 @@ def evaluate(
     n: Optional[int] = typer.Option(None, min=1, help="seeded random subset of the images"),
     batch_size: int = typer.Option(64, min=1),
     threads: int = typer.Option(2, min=1),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="seeds the --n subset (numpy's range)"),
     checkpoint: Optional[Path] = typer.Option(None),
     input_size: Optional[str] = typer.Option(None, help="for artifacts whose model is not known: e.g. 3,224,224"),
 ) -> None:
@@ -131,7 +138,8 @@ def profile(
     warmup: int = typer.Option(10, min=0),
     threads: int = typer.Option(2, min=1),
     batch: int = typer.Option(1, min=1),
-    target: str = typer.Option("local", help="local, ssh://user@host[:port][?identity=&python=], adb://SERIAL[?python=]"),
+    target: str = typer.Option("local", help="local, ssh://user@host[:port][?python=&timeout=], adb://SERIAL[?python=&timeout=&benchmark_model=]; "
+                               "programs and keys: EDGEVIT_ADB, EDGEVIT_SSH_IDENTITY, EDGEVIT_SSH_KNOWN_HOSTS (see README)"),
     targets: Optional[Path] = typer.Option(None, help="YAML list of devices (name, target, threads, batch): profile them all"),
 ) -> None:
     """Time an artifact with the device runner and print its JSON (a table too for --targets)."""
@@ -148,7 +156,7 @@ def profile(
         if all("error" in r for r in results):
             raise EdgevitError("no device could be profiled", "see the errors in the table")
         return
-    result = transport_for(target).run(artifact, runs=runs, warmup=warmup, threads=threads, batch=batch)
+    result = transport_for(target, "--target").run(artifact, runs=runs, warmup=warmup, threads=threads, batch=batch)
     print(json.dumps(result.data, indent=2))
 
 
@@ -164,7 +172,9 @@ def embed(
 ) -> None:
     """Write an artifact as C source / a blob for a firmware build."""
     from edgevit.embed import embed as run_embed
+    from edgevit.outdir import refuse_out_over_inputs
 
+    refuse_out_over_inputs(out, {"artifact": artifact if artifact.exists() else None})
     published = run_embed(artifact, out, symbol=symbol, fmt=format, align=align, force=force)
     print(f"wrote {published}: " + ", ".join(sorted(p.name for p in published.iterdir())))
 
@@ -181,6 +191,50 @@ def report(
 
     published = write_report(run_dir, out, force)
     print(f"wrote {published / 'report.html'}, {published / 'report.md'} and plots in {published / 'plots'}")
+
+
+@app.command()
+@user_errors
+def tune(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="recipe with a search: block (e.g. stack_deit)"),
+    budget: str = typer.Option(..., help="latency_ms=X | size_mb=Y | latency_ms=0.5x (of fp32), comma-separated for both"),
+    train_data: Path = typer.Option(..., help="training images: the validation split is drawn from them (seeded)"),
+    out: Path = typer.Option(..., help="study folder: SQLite storage, trials, Pareto plot/table, chosen recipes"),
+    model: Optional[str] = typer.Option(None, help="timm name or model folder (overrides the recipe)"),
+    checkpoint: Optional[Path] = typer.Option(None),
+    target: str = typer.Option("local", help="local, ssh://..., adb://..., or FLEET.yaml[:DEVICE]"),
+    max_drop: float = typer.Option(1.0, help="top-1 points a trial may lose against fp32"),
+    trials: int = typer.Option(20, help="finished trials in the study (all workers together)"),
+    data: Optional[Path] = typer.Option(None, help="test images: only for the final report of the chosen recipes"),
+    calib_data: Optional[Path] = typer.Option(None),
+    resume: bool = typer.Option(False, help="continue the study in --out"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL shared by workers (default: sqlite in --out)"),
+    workers: int = typer.Option(1, help="K > 1: trials on a local Ray instance, K at a time"),
+    ray_address: Optional[str] = typer.Option(None, help="join a Ray cluster (HOST:PORT)"),
+    sampler: str = typer.Option("tpe", help="tpe | nsga2 | random | grid"),
+    export: Optional[str] = typer.Option(None, help="export profile measured (default: the recipe's first)"),
+    val_images: int = typer.Option(500, help="training images held out to score trials"),
+    recovery_pt: float = typer.Option(5.0, help="points fine-tuning may recover: prunes trials whose training-free drop exceeds max-drop + this"),
+    stop_on_budget: bool = typer.Option(False, help="stop once a trial meets the budget"),
+    keep_artifacts: bool = typer.Option(False, help="keep every trial's model and artifacts (large)"),
+    verbose: bool = typer.Option(False, help="show each trial's compress steps"),
+    latency_model: Optional[str] = typer.Option(None, help="time and size the stacks on this model instead (same family, "
+                                                "e.g. the 224 timm model of a model trained at 32); accuracy stays on --model"),
+    max_minutes: Optional[float] = typer.Option(None, help="start no trial after this many minutes"),
+) -> None:
+    """Search the recipe's space for the fastest / smallest stack within the budget, measured on the target."""
+    from edgevit.tune.run import TuneOptions
+    from edgevit.tune.run import tune as run_tune
+
+    summary = run_tune(TuneOptions(
+        recipe=recipe, budget=budget, train_data=train_data, out=out, model=model, checkpoint=checkpoint, target=target,
+        max_drop=max_drop, trials=trials, data=data, calib_data=calib_data, resume=resume, storage=storage, workers=workers,
+        ray_address=ray_address, sampler=sampler, export=export, val_images=val_images, recovery_pt=recovery_pt,
+        stop_on_budget=stop_on_budget, keep_artifacts=keep_artifacts, verbose=verbose, latency_model=latency_model,
+        max_minutes=max_minutes))
+    print((out / "pareto.md").read_text())
+    chosen = ", ".join(f"{k}: trial {v} ({out / 'chosen' / (k + '.yaml')})" for k, v in summary["chosen"].items())
+    print(f"chosen: {chosen or 'no trial met the budget'}; all trials in {out / 'trials.md'}, plot {out / 'pareto.png'}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -5,11 +5,13 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgevit.errors import DataError
+from edgevit.images import decode_rgb8
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 
@@ -51,10 +53,62 @@ def scan_image_folder(root: str | Path, flag: str = "--data") -> ImageFolder:
 
 def label_map(folder_classes: Sequence[str], model_labels: Sequence[str] | None) -> tuple[list[int], str]:
     """Map folder class indices to model output indices: by name when the model names its
-    labels and every folder class is among them, else by sorted folder order."""
+    labels and every folder class is among them, else by sorted folder order. Some but not
+    all classes among the model's labels is refused: that is a typo, and scoring it by
+    folder order would be silently wrong."""
     if model_labels and set(folder_classes) <= set(model_labels):
         return [list(model_labels).index(c) for c in folder_classes], "by class name"
+    if model_labels:
+        unknown = [c for c in folder_classes if c not in set(model_labels)]
+        if len(unknown) < len(folder_classes):
+            raise DataError(f"class folder(s) {', '.join(unknown[:5])} are not among the model's label names "
+                            f"while {len(folder_classes) - len(unknown)} other(s) are",
+                            "rename the folders to the model's label names (config.json label_names)")
     return list(range(len(folder_classes))), "by sorted folder order"
+
+
+def check_label_count(folder: ImageFolder, flag: str, num_outputs: int | None, model_labels: Sequence[str] | None) -> None:
+    """More class folders than model outputs cannot be scored: the extra classes would count
+    as wrong whatever the model does. Refused before any work."""
+    mapping, how = label_map(folder.classes, model_labels)
+    if num_outputs and mapping and max(mapping) >= num_outputs:
+        raise DataError(f"{flag} {folder.root}: {len(folder.classes)} class folders but the model has {num_outputs} outputs "
+                        f"(classes mapped {how})",
+                        "give a folder with at most that many classes, or a model whose num_classes matches "
+                        "(model_args: {num_classes: N} with a fine-tuned checkpoint)")
+
+
+Channels = Annotated[int, Field(ge=1, le=4)]
+Side = Annotated[int, Field(ge=1, le=16384)]
+Stat = tuple[Annotated[float, Field(ge=-1e3, le=1e3)], ...]
+
+
+class Preprocessing(BaseModel):
+    """The preprocessing keys of a timm pretrained_cfg (config.json), checked before timm
+    builds transforms from them; other keys pass through."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True)
+
+    input_size: tuple[Channels, Side, Side] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"] | None = None
+    mean: Stat | None = Field(None, min_length=1, max_length=4)
+    std: Annotated[tuple[Annotated[float, Field(gt=0, le=1e3)], ...], Field(min_length=1, max_length=4)] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    crop_mode: Literal["center", "squash", "border"] | None = None
+
+
+class BundlePreprocessing(Preprocessing):
+    """bundle.json's ``preprocessing``: exactly the data config edgevit wrote, all given,
+    since it becomes timm's create_transform arguments as it stands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: tuple[Channels, Side, Side]
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
+    mean: Stat = Field(min_length=1, max_length=4)
+    std: tuple[Annotated[float, Field(gt=0, le=1e3)], ...] = Field(min_length=1, max_length=4)
+    crop_pct: float = Field(gt=0, le=1)
+    crop_mode: Literal["center", "squash", "border"] = "center"
 
 
 def jsonable_config(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -76,14 +130,8 @@ class _ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB")), label
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{path}: unreadable image ({exc})", "remove or replace the file") from None
+        return self.transform(decode_rgb8(path)), label
 
 
 def image_batches(

@@ -9,11 +9,11 @@ deterministic (same input, same bytes) and published atomically with manifest.js
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 from edgevit.artifacts import Staging
+from edgevit.bundle_files import BUNDLE_JSON, listed_files
 from edgevit.errors import EdgevitError
 
 C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -23,12 +23,11 @@ BYTES_PER_LINE = 12
 def _source_file(artifact: Path) -> Path:
     if artifact.is_file():
         return artifact
-    bundle = artifact / "bundle.json"
-    if bundle.is_file():
-        files = json.loads(bundle.read_text())["files"]
+    if (artifact / BUNDLE_JSON).is_file():
+        files = listed_files(artifact)  # each checked to be a plain file inside the bundle folder
         if len(files) == 1:
-            return artifact / files[0]
-        raise EdgevitError(f"{artifact}: the bundle has {len(files)} files ({', '.join(files)})",
+            return files[0]
+        raise EdgevitError(f"{artifact}: the bundle has {len(files)} files ({', '.join(f.name for f in files)})",
                            "embed each file on its own (e.g. .../model.bin with its own --symbol)")
     raise EdgevitError(f"{artifact}: not found", "give an artifact file (.onnx, .tflite, .bin) or a one-file bundle folder")
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.errors import DataError
+
 
 @dataclass(frozen=True)
 class Threshold:
@@ -55,14 +57,21 @@ def check_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str, 
             "passed": False, "reason": f"output shape {candidate.shape} != PyTorch {reference.shape}",
         }
     t = CHECK_THRESHOLDS[precision]
+    threshold = {k: v for k, v in asdict(t).items() if v is not None and k != "metric"}
+    non_finite = _non_finite_counts(reference, candidate)
+    if non_finite:
+        # NaN compares false with every tolerance, so no metric below could fail on it.
+        return {"metric": t.metric, "threshold": threshold, "value": None, "passed": False, "n": int(reference.shape[0]),
+                "non_finite": non_finite,
+                "reason": "non-finite outputs (NaN/inf): " + ", ".join(f"{k} {v}" for k, v in non_finite.items())}
     diff = np.abs(reference.astype(np.float64) - candidate)
     agreement, sqnr = top1_agreement(reference, candidate), sqnr_db(reference, candidate)
     record: dict[str, Any] = {
         "metric": t.metric,
-        "threshold": {k: v for k, v in asdict(t).items() if v is not None and k != "metric"},
+        "threshold": threshold,
         "max_abs_diff": float(diff.max()),
         "agreement": agreement,
-        "sqnr_db": sqnr,
+        "sqnr_db": _json_db(sqnr),
         "n": int(reference.shape[0]),
     }
     failures = []
@@ -74,7 +83,9 @@ def check_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str, 
         if worst > 0:
             failures.append(f"max |diff| {diff.max():.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}*|ref| by {worst:.3g}")
     if t.min_sqnr_db is not None:
-        record.setdefault("value", sqnr)
+        record.setdefault("value", _json_db(sqnr))
+        if sqnr == float("inf"):
+            record["note_sqnr"] = "outputs identical to PyTorch (SQNR infinite, reported as null)"
         if not sqnr >= t.min_sqnr_db:
             failures.append(f"SQNR {sqnr:.1f} dB < {t.min_sqnr_db:g} dB")
     if t.min_agreement is not None and random_weights:
@@ -88,6 +99,18 @@ def check_outputs(reference: np.ndarray, candidate: np.ndarray, precision: str, 
     return record
 
 
+def _non_finite_counts(reference: np.ndarray, candidate: np.ndarray) -> dict[str, int]:
+    """How many NaN/inf values each side holds: a diverged or NaN-weight model must fail."""
+    counts = {"PyTorch reference": int(np.size(reference) - np.count_nonzero(np.isfinite(reference))),
+              "artifact": int(np.size(candidate) - np.count_nonzero(np.isfinite(candidate)))}
+    return {k: v for k, v in counts.items() if v}
+
+
+def _json_db(value: float) -> float | None:
+    """SQNR for report.json, which holds only finite numbers: +-inf becomes null."""
+    return value if np.isfinite(value) else None
+
+
 class Top1Counter:
     """Accumulates top-1 of several predictors over one stream of batches, plus their
     agreement with a reference predictor, so images are decoded once for all of them."""
@@ -99,6 +122,10 @@ class Top1Counter:
         self.n = 0
 
     def update(self, labels: np.ndarray, logits: dict[str, np.ndarray]) -> None:
+        outputs = logits[self.reference].shape[-1]
+        if labels.size and int(labels.max()) >= outputs:  # that class could never be predicted: not a score
+            raise DataError(f"image label index {int(labels.max())} but the model has {outputs} outputs",
+                            "give an image folder with at most that many classes, or the model they were trained for")
         ref_pred = logits[self.reference].argmax(-1)
         for name in self.names:
             pred = logits[name].argmax(-1)

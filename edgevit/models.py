@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from edgevit.checkpoint import load_into, read_state_dict
+from edgevit.data import Preprocessing
 from edgevit.errors import ModelError
-from edgevit.schema import did_you_mean
+from edgevit.schema import did_you_mean, first_error
+from edgevit.textfile import dumps_finite, read_json, write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,6 +56,35 @@ class LoadedModel:
         return config
 
 
+class _EdgevitSection(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    passes: list[dict[str, Any]] = []
+
+
+class FolderConfig(BaseModel):
+    """config.json of a model folder: the keys edgevit reads, typed; timm's other keys pass."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    architecture: str = Field(min_length=1)
+    num_classes: int | None = Field(None, ge=0, le=1_000_000)
+    model_args: dict[str, Any] | None = None
+    pretrained_cfg: Preprocessing | None = None
+    label_names: list[str] | None = None
+    edgevit: _EdgevitSection | None = None
+
+
+def read_folder_config(config_path: Path) -> tuple[FolderConfig, dict[str, Any]]:
+    """The typed config and the raw dict (timm gets its pretrained_cfg as written)."""
+    hint = "a timm model folder's config.json needs at least 'architecture' (see timm's push_to_hf_hub)"
+    raw = read_json(config_path, ModelError, hint)
+    try:
+        return FolderConfig.model_validate(raw), raw
+    except ValidationError as exc:
+        raise ModelError(f"{config_path}: {first_error(exc, FolderConfig)}", hint) from None
+
+
 def looks_like_path(name: str) -> bool:
     return "/" in name or name.startswith(".") or name.startswith("~")
 
@@ -74,7 +106,7 @@ def load_model(
     return _load_timm_name(name, checkpoint, pretrained, model_args)
 
 
-def _create(architecture: str, model_args: dict[str, Any], **kwargs: Any) -> nn.Module:
+def _create(architecture: str, model_args: dict[str, Any], where: str = "model.model_args", **kwargs: Any) -> nn.Module:
     import timm
 
     if not timm.is_model(architecture):
@@ -84,8 +116,13 @@ def _create(architecture: str, model_args: dict[str, Any], **kwargs: Any) -> nn.
         )
     try:
         return timm.create_model(architecture, **model_args, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise ModelError(f"'{architecture}': timm cannot build it with {model_args}: {exc}", "check model_args") from None
+    except Exception as exc:  # noqa: BLE001 - the kwargs are the user's; any failure to build is theirs
+        if kwargs.get("pretrained"):
+            raise  # hub errors: the caller says what to do offline
+        raise ModelError(f"'{architecture}': timm cannot build it with {where} {model_args} "
+                         f"({type(exc).__name__}: {str(exc)[:200]})",
+                         "fix model.model_args in the recipe (or the model folder's config.json): "
+                         "names and values timm's model class accepts") from None
 
 
 def _load_timm_name(name: str, checkpoint, pretrained: bool, model_args: dict[str, Any]) -> LoadedModel:
@@ -120,37 +157,48 @@ def load_model_folder(path: Path, extra_args: dict[str, Any] | None = None) -> L
         raise ModelError(f"{config_path}: missing", "a timm model folder needs config.json and model.safetensors")
     if not weights_path.is_file():
         raise ModelError(f"{weights_path}: missing", "a timm model folder needs model.safetensors (pickled .bin is not read)")
-    try:
-        config = json.loads(config_path.read_text())
-        architecture = config["architecture"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{config_path}: not a timm config ({type(exc).__name__}: {exc})", "it needs at least 'architecture'") from None
-    model_args = dict(config.get("model_args") or {})
-    if "num_classes" in config:
-        model_args.setdefault("num_classes", config["num_classes"])
+    typed, config = read_folder_config(config_path)
+    architecture = typed.architecture
+    model_args = dict(typed.model_args or {})
+    if typed.num_classes is not None:
+        model_args.setdefault("num_classes", typed.num_classes)
     model_args.update(extra_args or {})
     pretrained_cfg = dict(config.get("pretrained_cfg") or {})
-    model = _create(architecture, model_args, pretrained=False, pretrained_cfg_overlay=pretrained_cfg)
-    records = list((config.get("edgevit") or {}).get("passes") or [])
+    model = _create(architecture, model_args, f"{config_path}: model_args (with the recipe's model.model_args)",
+                    pretrained=False, pretrained_cfg_overlay=pretrained_cfg)
+    records = list(typed.edgevit.passes if typed.edgevit else [])
     model = _rebuild(model, records, config_path)
     load_into(model, read_state_dict(weights_path), weights_path)
     model.eval()
     return LoadedModel(
         model, architecture, model_args, dict(getattr(model, "pretrained_cfg", pretrained_cfg)),
         source=str(path), weights=f"model folder {path}", random_weights=False,
-        label_names=config.get("label_names"), pass_records=records,
+        label_names=typed.label_names, pass_records=records,
     )
 
 
 def _rebuild(model: nn.Module, records: list[dict[str, Any]], config_path: Path) -> nn.Module:
     """Replay the structural part of each pass record so the saved weights fit."""
-    from edgevit.passes.base import PASS_REGISTRY, PassRecord
+    from edgevit.passes.base import PassRecord
+    from edgevit.passes.specs import pass_impl, pass_specs
 
     for i, raw in enumerate(records):
         kind = raw.get("kind")
-        if kind not in PASS_REGISTRY:
+        if not isinstance(kind, str) or kind not in pass_specs():
             raise ModelError(f"{config_path}: edgevit.passes[{i}].kind '{kind}' is not known to this edgevit", "upgrade edgevit")
-        model = PASS_REGISTRY[kind]().rebuild(model, PassRecord.model_validate(raw))
+        try:
+            record = PassRecord.model_validate(raw)
+        except ValidationError as exc:
+            raise ModelError(f"{config_path}: {first_error(exc, PassRecord, f'edgevit.passes[{i}]')}",
+                             "the folder was not written by this edgevit, or was edited: re-run `edgevit compress`") from None
+        try:
+            model = pass_impl(kind)().rebuild(model, record)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a record edited by hand can break a rebuild anywhere
+            raise ModelError(f"{config_path}: edgevit.passes[{i}] ({kind}) cannot be replayed on {type(model).__name__} "
+                             f"({type(exc).__name__}: {str(exc)[:200]})",
+                             "the folder's config.json was edited or does not match its architecture: re-run `edgevit compress`") from None
     return model
 
 
@@ -168,7 +216,11 @@ def save_model_folder(loaded: LoadedModel, model: nn.Module, records: list[dict[
     }
     if loaded.label_names:
         config["label_names"] = loaded.label_names
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # strict JSON: read_folder_config refuses NaN, so a NaN written here would be a model
+    # folder that cannot be loaded back
+    text = dumps_finite(config, f"{out / CONFIG_FILE}", "a pass recorded a NaN/inf figure: the model or its fine-tune "
+                        "produced non-finite numbers; check the checkpoint or lower finetune.lr", indent=2, sort_keys=True)
+    write_text(out / CONFIG_FILE, text + "\n")
     save_model(model, str(out / WEIGHTS_FILE))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,23 +13,28 @@ import numpy as np
 import torch
 
 from edgevit import progress
-from edgevit.adapters import adapter_for
+from edgevit.adapters import adapter_for, check_passes_supported
 from edgevit.artifacts import Staging, sha256_file
 from edgevit.calibration import CalibrationSet, resolve_calibration
 from edgevit.accuracy import artifact_predictor, measure_top1, torch_predictor
-from edgevit.data import ImageFolder, jsonable_config, label_map, load_images, scan_image_folder, synthetic_images
+from edgevit.data import ImageFolder, check_label_count, jsonable_config, label_map, load_images, scan_image_folder, synthetic_images
 from edgevit.errors import CheckFailed, EdgevitError, ModelError
 from edgevit.cascade import exit_specs, forward_all_exits
 from edgevit.evaluation import CHECK_THRESHOLDS, check_all_outputs
-from edgevit.exporters import EXPORTERS, ExportContext, LoweringPlan, TargetProfile, load_profile
+from edgevit.baseline import Baselines, comparison
+from edgevit.capabilities import runtime
+from edgevit.exporters import ExportContext, LoweringPlan, TargetProfile
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
 from edgevit.models import LoadedModel, load_model, save_model_folder
-from edgevit.passes.base import PASS_REGISTRY, PassContext
-from edgevit.profiling import LOCAL_RUNTIMES, runner_module, transport_for
+from edgevit.passes.base import ExportedArtifact, PassContext
+from edgevit.passes.specs import pass_impl, pass_spec
+from edgevit.profiling import runner_module, transport_for
 from edgevit.profiling.executed import executed_precision
-from edgevit.recipe import LoadedRecipe, Recipe, load_recipe
-from edgevit.report import REPORT_SCHEMA_VERSION, render_markdown
+from edgevit.recipe import LoadedRecipe, Recipe, load_recipe, recipe_targets
+from edgevit.report import REPORT_SCHEMA_VERSION, write_report_files
+from edgevit.outdir import refuse_out_over_inputs, removing_new_parents_on_failure
+from edgevit.textfile import write_text
 from edgevit.versions import library_versions
 
 
@@ -44,6 +50,9 @@ class CompressOptions:
     force: bool = False
     keep_failed: bool = False
     allow_synthetic_calibration: bool = False
+    # used instead of transport_for(recipe.profile.target) when set: `edgevit tune` wraps the
+    # target's transport so one trial at a time times on a device
+    transport: Any = None
 
 
 @dataclass
@@ -63,6 +72,11 @@ class _Inputs:
 
 def compress(opts: CompressOptions) -> Path:
     inputs = _validate(opts)
+    with removing_new_parents_on_failure(opts.out):
+        return _stage_and_publish(opts, inputs)
+
+
+def _stage_and_publish(opts: CompressOptions, inputs: _Inputs) -> Path:
     staging = Staging(opts.out, force=opts.force)
     try:
         report, failed = _run(opts, inputs, staging.path)
@@ -89,17 +103,21 @@ def _validate(opts: CompressOptions) -> _Inputs:
     if not model_name:
         raise EdgevitError(f"{loaded.path}: model.name is not set and no --model was given", "pass --model NAME_OR_FOLDER")
     checkpoint = opts.checkpoint or (Path(recipe.model.checkpoint) if recipe.model.checkpoint and not opts.model else None)
-    needs = set(recipe.requires) | {r for p in recipe.passes for r in PASS_REGISTRY[p.kind].requires}
+    needs = set(recipe.requires) | {r for p in recipe.passes for r in pass_spec(p.kind).requires}
     if "train_data" in needs and opts.train_data is None:
         raise EdgevitError(f"{loaded.path}: this recipe needs training images", "pass --train-data DIR (class/xxx.jpg)")
     if "calib_data" in needs and opts.calib_data is None and recipe.calibration.manifest is None:
         raise EdgevitError(f"{loaded.path}: this recipe needs calibration images", "pass --calib-data DIR")
-    profiles = [load_profile(name) for name in recipe.exports]
-    transport_for(recipe.profile.target)  # fail now on an unknown target, not after exporting
+    profiles = recipe_targets(loaded)  # the capability model: what no target can run fails here, in a second
+    transport_for(recipe.profile.target, f"{loaded.path}: profile.target")  # fail now on a bad target, not after exporting
     eval_folder = scan_image_folder(opts.data, "--data") if opts.data else None
     for flag, folder in (("--train-data", opts.train_data), ("--calib-data", opts.calib_data)):
         if folder is not None:
             scan_image_folder(folder, flag)
+    model_folder = model_name if Path(model_name).expanduser().exists() else None
+    refuse_out_over_inputs(opts.out, {"recipe file": loaded.path, "model folder": model_folder, "checkpoint": checkpoint,
+                                      "--data": opts.data, "--train-data": opts.train_data, "--calib-data": opts.calib_data},
+                           scanned=frozenset({"--data", "--train-data", "--calib-data"}))
     return _Inputs(loaded, model_name, checkpoint, profiles, eval_folder)
 
 
@@ -108,6 +126,9 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     torch.manual_seed(recipe.seed)
     progress.step(f"loading model {inputs.model_name}")
     loaded = load_model(inputs.model_name, inputs.checkpoint, recipe.model.pretrained, recipe.model.model_args)
+    check_passes_supported(loaded.model, recipe.passes)  # a pass the model's family cannot take fails now, before any pass
+    if inputs.eval_folder is not None:  # before any pass or export, not after them
+        check_label_count(inputs.eval_folder, "--data", getattr(loaded.model, "num_classes", None), loaded.label_names)
     warnings: list[str] = []
     if loaded.random_weights:
         warnings.append(f"{inputs.model_name} has random weights: latency and size are real, accuracy is meaningless")
@@ -124,7 +145,9 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         progress.warn(warnings[-1])
 
     original_stats = model_stats(loaded.model, input_size)
-    model, records, training = _apply_passes(loaded, recipe, calibration, opts, input_size)
+    # the model as loaded, for the float baseline every artifact is timed against (and its accuracy)
+    original = copy.deepcopy(loaded.model).eval() if recipe.passes else None
+    model, records, training = _apply_passes(loaded, recipe, calibration, opts, input_size, original)
     final_stats = model_stats(model, input_size)
     save_model_folder(loaded, model, records, stage / "model")
 
@@ -133,28 +156,39 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         reference = ({k: v.numpy() for k, v in forward_all_exits(model, check_x).items()} if exit_specs(model)
                      else {OUTPUT_NAME: model(check_x).numpy()})
     plan = LoweringPlan.from_records(records)
-    ectx = ExportContext(example_input=check_x, preprocessing=jsonable_config(data_config), label_names=loaded.label_names, calibration=calibration)
-    transport = transport_for(recipe.profile.target)
-    artifacts, profiles, holdout = [], {}, None
-    for profile in inputs.profiles:
-        artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe,
-                                                 loaded.random_weights)
-        if plan.cascade is not None and plan.quantized and artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
-            holdout = holdout or _exits_holdout(records, opts.train_data, data_config, loaded.label_names)  # read once per run
-            artifact["cascade_calibration"] = _recalibrate_cascade(stage / artifact["path"], records, holdout, transport, recipe)
-            artifact["files"] = _file_entries(stage / artifact["path"])
-        artifacts.append(artifact)
-        profiles[profile.name] = timing
+    # intermediate graphs live in the staging folder (removed before publishing, and with
+    # the whole staging folder on any failure)
+    ectx = ExportContext(example_input=check_x, preprocessing=jsonable_config(data_config), label_names=loaded.label_names,
+                         calibration=calibration, workdir=stage / ".work")
+    transport = opts.transport or transport_for(recipe.profile.target)
+    baselines = Baselines(original, ectx) if original is not None and recipe.profile.baseline else None
+    artifacts, profiles, run_cache = [], {}, {}
+    try:
+        for profile in inputs.profiles:
+            artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe,
+                                                     loaded.random_weights, baselines)
+            if artifact.get("baseline", {}).get("faster") is False:
+                warnings.append(f"{artifact['name']}: not faster than the uncompressed model on {artifact['where_run']} "
+                                f"({artifact['baseline']['speedup_cpu']:.2f}x CPU time, interleaved)")
+                progress.warn(warnings[-1])
+            if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
+                exported = ExportedArtifact(stage / artifact["path"], plan.quantized, transport, recipe.profile.threads,
+                                            recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache)
+                _after_export(records, exported, artifact)
+            artifacts.append(artifact)
+            profiles[profile.name] = timing
+    finally:
+        shutil.rmtree(stage / ".work", ignore_errors=True)
 
     accuracy = None
     if inputs.eval_folder is not None:
-        accuracy = _evaluate(model, loaded, inputs.eval_folder, data_config, recipe, stage, artifacts)
+        accuracy = _evaluate(model, original, loaded, inputs.eval_folder, data_config, recipe, stage, artifacts)
     cascade = None
     if exit_specs(model):
         cascade = _evaluate_cascades(loaded, inputs.eval_folder, data_config, recipe, stage, artifacts, transport)
 
     calib_text = calibration.manifest_text()
-    (stage / "calibration.yaml").write_text(calib_text)
+    write_text(stage / "calibration.yaml", calib_text)
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "model": _model_section(loaded, model, data_config),
@@ -172,32 +206,51 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         "warnings": warnings,
         "versions": library_versions(),
     }
-    (stage / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    (stage / "report.md").write_text(render_markdown(report))
+    write_report_files(stage, report)
     failed = [a for a in artifacts if not a["check"]["passed"]]
     return report, failed
 
 
-def _apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet, opts: CompressOptions, input_size):
+def _apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet, opts: CompressOptions, input_size,
+                  teacher):
+    """The recipe's passes in order; the recipe-level fine-tune (the whole stack distilled
+    from ``teacher``, the model as loaded) runs once, right before the first pass that
+    needs final weights (quantize calibrates on them, exits trains heads on them), or last."""
     model = loaded.model
     records: list[dict[str, Any]] = []
     training = None
     if not recipe.passes:
         return model, records, training
-    teacher = copy.deepcopy(model).eval()
     ctx = PassContext(seed=recipe.seed, input_size=input_size, data_config=loaded.data_config(), label_names=loaded.label_names,
                       teacher=teacher, calibration=calibration,
                       train_data=opts.train_data,
                       # random weights: a latency/size-only run (said in the report), so noise is as good as images
                       allow_synthetic_calibration=opts.allow_synthetic_calibration or loaded.random_weights)
+    tuned = recipe.finetune is None
     for i, cfg in enumerate(recipe.passes):
+        if not tuned and pass_spec(cfg.kind).needs_final_weights:
+            training, tuned = _recipe_finetune(model, recipe, ctx, training), True
         progress.step(f"pass {i + 1}/{len(recipe.passes)}: {cfg.kind}")
-        model, record = PASS_REGISTRY[cfg.kind]().apply(model, cfg, ctx)
+        model, record = pass_impl(cfg.kind)().apply(model, cfg, ctx)
         model.eval()
         records.append(record.model_dump())
         if record.training:
             training = (training or []) + [{"pass": cfg.kind, **record.training}]
+    if not tuned:
+        training = _recipe_finetune(model, recipe, ctx, training)
     return model, records, training
+
+
+def _recipe_finetune(model, recipe: Recipe, ctx: PassContext, training):
+    from edgevit.training import finetune_if_asked
+
+    progress.step("fine-tuning the whole stack (recipe finetune: distillation from the model as loaded)")
+    record, why_not = finetune_if_asked(model, recipe.finetune, ctx)
+    model.eval()
+    if record is None:
+        progress.warn(f"recipe finetune: {why_not}")
+        return training
+    return (training or []) + [{"pass": "recipe (whole stack)", **record}]
 
 
 def _check_batch(folder: ImageFolder | None, recipe: Recipe, data_config, input_size) -> torch.Tensor:
@@ -208,28 +261,31 @@ def _check_batch(folder: ImageFolder | None, recipe: Recipe, data_config, input_
 
 
 def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path, check_x, reference, transport, recipe: Recipe,
-                          random_weights: bool):
+                          random_weights: bool, baselines: Baselines | None):
     progress.step(f"exporting for {profile.name}")
-    bundle = EXPORTERS[profile.format]().export(model, plan, profile, ectx, stage / "artifacts" / profile.name)
+    exporter = runtime(profile.runtime).exporter_class()
+    bundle = exporter().export(model, plan, profile, ectx, stage / "artifacts" / profile.name)
     p = recipe.profile
-    standin = profile.runtime not in LOCAL_RUNTIMES
+    standin = not runtime(profile.runtime).runs_here
     if standin:  # e.g. TensorRT: the graph is checked in a local runtime; nothing is timed here
         progress.step(f"checking {profile.name} in {profile.local_standin} as a stand-in ({profile.runtime} is not available here)")
     else:
         progress.step(f"checking and profiling {profile.name} on {transport.name} ({p.runs} runs, {p.threads} threads, batch {p.batch})")
+    baseline = baselines.bundle_for(profile) if baselines is not None and not standin else None
     result = transport.run(bundle.path, runs=0 if standin else p.runs, warmup=p.warmup, threads=p.threads, batch=p.batch,
-                           inputs=check_x.numpy(), runtime=profile.local_standin if standin else None)
+                           inputs=check_x.numpy(), runtime=profile.local_standin if standin else None, baseline=baseline)
     check = check_all_outputs(reference, result.outputs or {}, bundle.data["precision"], random_weights)
     data = result.data
     executed = data.pop("executed", None)
     if standin:
         data["where_run"] = f"check only: {profile.local_standin} on this machine as a stand-in; {profile.runtime} not run here"
         executed = None
-    lint = _tensorrt_lint(bundle, profile) if profile.runtime == "tensorrt" else None
+    lint = runtime(profile.runtime).lint_bundle(bundle.path, bundle.data["model_file"], profile.runtime_version)
     if lint and lint["findings"]:
         first = lint["findings"][0]
         check = {**check, "passed": False,
-                 "reason": f"TensorRT {profile.runtime_version} lint: {len(lint['findings'])} finding(s), first {first['op']}: {first['message']}"}
+                 "reason": f"{profile.runtime} {profile.runtime_version} lint: {len(lint['findings'])} finding(s), "
+                           f"first {first['op']}: {first['message']}"}
     model_file = bundle.path / bundle.data["model_file"]
     artifact = {
         "name": profile.name,
@@ -237,13 +293,13 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         "runtime": profile.runtime,
         "format": profile.format,
         "precision": bundle.data["precision"],
-        "executed_precision": "not run here" if standin else executed_precision(profile.format, executed),
+        "executed_precision": "not run here" if standin else executed_precision(executed),
         "executed": executed,
         "simulated": bool(plan.simulated_layers),
         "simulated_layers": plan.simulated_layers,
         "where_run": data["where_run"],
         "checked_in": profile.local_standin if standin else profile.runtime,
-        "reproducible": True,
+        "reproducible": exporter.reproducible,
         "path": str(bundle.path.relative_to(stage)),
         "sha256": sha256_file(model_file),
         "size_bytes": bundle.size_bytes,
@@ -260,6 +316,9 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
                                             "cpu_time_ms", "load_avg", "peak_rss_mb", "where_run")}
         if "cascade" in bundle.data:
             timing["path"] = "every stage, no exit taken (worst case); the cascade's measured latency is in report.cascade"
+        if baseline is not None:
+            timing["baseline"] = data.get("baseline")
+            artifact["baseline"] = comparison(data, artifact["size_bytes"], baseline)
     return artifact, timing
 
 
@@ -268,48 +327,25 @@ def _file_entries(bundle_dir: Path) -> list[dict[str, Any]]:
     return [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files]
 
 
-def _exits_holdout(records, train_data: Path, data_config, label_names) -> tuple[np.ndarray, np.ndarray]:
-    """The exits pass's held-out images (drawn again from --train-data) and labels."""
-    from edgevit.passes.exits import holdout_samples
-
-    samples = holdout_samples(next(r for r in records if r["kind"] == "exits"), train_data, label_names)
-    return load_images(samples, data_config).numpy(), np.array([y for _, y in samples])
-
-
-def _recalibrate_cascade(bundle_dir: Path, records, holdout: tuple[np.ndarray, np.ndarray], transport, recipe: Recipe):
-    """Thresholds of a quantized cascade re-calibrated on what the runtime really runs: the
-    exits pass's held-out images through the lowered stages (on the target), same budget."""
-    from edgevit.passes.exits import thresholds_for
-
-    record = next(r for r in records if r["kind"] == "exits")
-    images, labels = holdout
-    progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
-    p = recipe.profile
-    outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=p.threads, batch=p.batch, inputs=images).outputs
-    bundle = json.loads((bundle_dir / "bundle.json").read_text())
-    stages = bundle["cascade"]["stages"]
-    exit_logits = [outputs[s["name"]] for s in stages[:-1]]
-    metrics = record["metrics"]
-    thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
-                                        record["config"]["max_accuracy_drop"], metrics["flops_per_stage"], metrics["flops_full_model"])
-    before = [s["threshold"] for s in stages[:-1]]
-    for stage_entry, t in zip(stages, thresholds):
-        stage_entry["threshold"] = t
-    (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
-    return {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before, "thresholds": thresholds, **result}
+def _after_export(records: list[dict[str, Any]], exported: ExportedArtifact, artifact: dict[str, Any]) -> None:
+    """Each pass that finishes its work on an exported artifact (``after_export``) does it
+    now; what it adds goes into the artifact's report entry, and changed files are re-hashed."""
+    for record in records:
+        hook = getattr(pass_impl(record["kind"])(), "after_export", None)
+        added = hook(record, exported) if hook else None
+        if added:
+            artifact.update(added)
+            artifact["files"] = _file_entries(exported.bundle_dir)
 
 
-def _tensorrt_lint(bundle, profile: TargetProfile) -> dict[str, Any]:
-    from edgevit.exporters.tensorrt_lint import lint
-
-    findings = lint(bundle.path / bundle.data["model_file"], profile.runtime_version)
-    return {"tensorrt_version": profile.runtime_version, "findings": findings[:50], "count": len(findings),
-            "passed": not findings}
-
-
-def _evaluate(model, loaded: LoadedModel, folder: ImageFolder, data_config, recipe: Recipe, stage: Path, artifacts) -> dict[str, Any]:
+def _evaluate(model, original, loaded: LoadedModel, folder: ImageFolder, data_config, recipe: Recipe, stage: Path,
+              artifacts) -> dict[str, Any]:
+    """top-1 of the compressed model in PyTorch, of each artifact, and of the model as
+    loaded ("uncompressed": the accuracy the user had), on the same images."""
     runner = runner_module()
     predictors = {"pytorch": torch_predictor(model)}
+    if original is not None:
+        predictors["uncompressed"] = torch_predictor(original)
     for a in artifacts:
         session = runner.open_artifact(str(stage / a["path"]), recipe.profile.threads, runtime=a["checked_in"])
         predictors[a["name"]] = artifact_predictor(session, OUTPUT_NAME)

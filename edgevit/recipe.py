@@ -15,8 +15,11 @@ from pydantic import Field, ValidationError
 
 from edgevit import resources
 from edgevit.errors import RecipeError
-from edgevit.passes.base import PASS_REGISTRY, PassConfig
-from edgevit.schema import StrictModel, did_you_mean, first_error
+from edgevit.passes.base import PassConfig
+from edgevit.training_config import FinetuneConfig
+from edgevit.passes.specs import pass_specs
+from edgevit.schema import StrictModel, did_you_mean, first_error, seed_field
+from edgevit.tune.space import SearchRange, check_space
 from edgevit.yamlfile import load_yaml
 
 Requirement = Literal["train_data", "calib_data"]
@@ -32,7 +35,7 @@ class ModelSpec(StrictModel):
 class CalibrationSpec(StrictModel):
     manifest: str | None = Field(None, description="name in calibration/ or a path to a manifest YAML")
     n: int = Field(64, ge=1, le=100_000)
-    seed: int = 0
+    seed: int = seed_field()
 
 
 class EvaluationSpec(StrictModel):
@@ -48,20 +51,24 @@ class ProfileSpec(StrictModel):
     warmup: int = Field(10, ge=0, le=10_000)
     threads: int = Field(2, ge=1, le=1024)
     batch: int = Field(1, ge=1, le=4096)
+    baseline: bool = Field(True, description="time the uncompressed model beside each artifact, interleaved (speed-up)")
 
 
 class Recipe(StrictModel):
     schema_version: Literal[1] = 1
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = seed_field(description="seeds sampling, synthetic inputs, fine-tuning")
     model: ModelSpec = ModelSpec()
     requires: list[Requirement] = []
     passes: list[PassConfig] = []
+    finetune: FinetuneConfig | None = Field(
+        None, description="one distillation fine-tune of the whole stack from the model as loaded (needs --train-data)")
     exports: list[str] = Field(default_factory=list, description="export profile names from exporters/")
     calibration: CalibrationSpec = CalibrationSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     profile: ProfileSpec = ProfileSpec()
+    search: dict[str, SearchRange] = Field(default_factory=dict, description="edgevit tune: ranges of pass parameters")
 
 
 class LoadedRecipe(StrictModel):
@@ -92,7 +99,8 @@ def load_recipe(name_or_path: str | Path) -> LoadedRecipe:
     data = load_yaml(path)
     raw_passes = data.pop("passes", []) or []
     if not isinstance(raw_passes, list):
-        raise RecipeError(f"{path}: passes: must be a list of pass blocks, got {type(raw_passes).__name__}")
+        raise RecipeError(f"{path}: passes: must be a list of pass blocks, got {type(raw_passes).__name__}",
+                          "write each pass as a list item: `passes: [{kind: prune, ...}]`")
     passes = [_validate_pass(path, i, block) for i, block in enumerate(raw_passes)]
     try:
         recipe = Recipe.model_validate({**data, "passes": passes})
@@ -100,6 +108,9 @@ def load_recipe(name_or_path: str | Path) -> LoadedRecipe:
         raise RecipeError(f"{path}: {first_error(exc, Recipe)}", "see README 'Recipes' for the schema") from None
     _check_exports_exist(path, recipe.exports)
     _check_composition(path, [p.kind for p in recipe.passes])
+    _check_recipe_finetune(path, recipe)
+    check_space(str(path), recipe.search, raw_passes, lambda kind: pass_specs()[kind].config_type,
+                lambda i, block: _validate_pass(path, i, block))  # a search path naming no parameter fails here
     return LoadedRecipe(recipe=recipe, path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -108,14 +119,15 @@ def _validate_pass(path: Path, index: int, block: Any) -> PassConfig:
     if not isinstance(block, dict) or "kind" not in block:
         raise RecipeError(f"{where}: each pass is a mapping with a 'kind' key", "e.g. `- kind: prune`")
     kind = block["kind"]
-    if kind not in PASS_REGISTRY:
-        known = sorted(PASS_REGISTRY)
+    specs = pass_specs()
+    if not isinstance(kind, str) or kind not in specs:  # a list or mapping here is unhashable
+        known = sorted(specs)
         raise RecipeError(
             f"{where}.kind: unknown '{kind}'; expected one of {', '.join(known) or '(no passes registered)'}"
             + did_you_mean(str(kind), known),
             "fix the kind or remove the pass",
         )
-    config_type = PASS_REGISTRY[kind].config_type
+    config_type = specs[kind].config_type
     try:
         return config_type.model_validate(block)
     except ValidationError as exc:
@@ -123,15 +135,35 @@ def _validate_pass(path: Path, index: int, block: Any) -> PassConfig:
 
 
 def _check_composition(path: Path, kinds: list[str]) -> None:
-    """Orders and combinations the passes cannot honour, refused before any work."""
-    if "exits" in kinds and kinds.count("exits") > 1:
-        raise RecipeError(f"{path}: passes: more than one exits pass", "give one exits pass with all its exits")
-    if "exits" in kinds and any(k != "quantize" for k in kinds[kinds.index("exits") + 1:]):
-        raise RecipeError(f"{path}: passes: only quantize may follow exits (heads are trained on the final backbone)",
-                          "move the exits block after prune / evit / tome")
-    if "exits" in kinds and "quantize" in kinds and kinds.index("quantize") < kinds.index("exits"):
-        raise RecipeError(f"{path}: passes: quantize before exits would train the heads on the fp32 backbone",
-                          "put quantize after exits: the thresholds are then re-calibrated on the quantized stages")
+    """Orders and combinations the passes cannot honour (each pass declares its own rules
+    in ``edgevit.passes.specs``), refused before any work."""
+    specs = pass_specs()
+    for i, kind in enumerate(kinds):
+        spec = specs[kind]
+        if spec.unique and kinds.count(kind) > 1:
+            raise RecipeError(f"{path}: passes: more than one {kind} pass", f"give one {kind} pass")
+        later = [k for k in kinds[i + 1:] if spec.followers is not None and k not in spec.followers]
+        if later:
+            allowed = ", ".join(sorted(spec.followers or ())) or "no pass"
+            raise RecipeError(f"{path}: passes: {later[0]} after {kind}: only {allowed} may follow {kind}",
+                              f"move {later[0]} before {kind}")
+        earlier = [k for k in kinds[:i] if k in spec.not_after]
+        if earlier:
+            raise RecipeError(f"{path}: passes: {earlier[0]} before {kind} is not allowed",
+                              f"put {earlier[0]} after {kind}")
+
+
+def _check_recipe_finetune(path: Path, recipe: Recipe) -> None:
+    if recipe.finetune is None:
+        return
+    if not recipe.passes:
+        raise RecipeError(f"{path}: finetune: there is no pass to recover from", "remove the finetune block")
+    specs = pass_specs()
+    for i, cfg in enumerate(recipe.passes):
+        why = specs[cfg.kind].recipe_finetune_conflict(cfg)
+        if why:
+            raise RecipeError(f"{path}: finetune: passes[{i}] ({cfg.kind}): {why}",
+                              f"fine-tune inside the {cfg.kind} pass (its finetune block) instead")
 
 
 def _check_exports_exist(path: Path, names: list[str]) -> None:
@@ -142,3 +174,14 @@ def _check_exports_exist(path: Path, names: list[str]) -> None:
                 f"{path}: exports[{i}]: unknown export profile '{name}'" + did_you_mean(name, available),
                 f"available: {', '.join(available)}",
             )
+
+
+def recipe_targets(loaded: LoadedRecipe) -> list[Any]:
+    """The recipe's export profiles, crossed with its passes by the capability model:
+    what no target can execute is refused here, before any model is loaded."""
+    from edgevit.capabilities import check_recipe_targets
+    from edgevit.profiles import load_profile
+
+    profiles = [load_profile(name) for name in loaded.recipe.exports]
+    check_recipe_targets(loaded.path, list(loaded.recipe.passes), profiles)
+    return profiles

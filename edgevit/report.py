@@ -2,9 +2,22 @@
 Markdown is for people and is derived from it only."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from edgevit.textfile import dumps_finite, write_text
+
 REPORT_SCHEMA_VERSION = 1
+NON_FINITE_HINT = ("the model produced NaN/inf: check the checkpoint's weights, or lower finetune.lr if a fine-tune "
+                   "diverged (the report's loss figures show it)")
+
+
+def write_report_files(folder: Path, report: dict[str, Any]) -> None:
+    """report.json (strict JSON: a NaN there is an error, not a file other tools choke on)
+    and its Markdown rendering, beside each other in ``folder``."""
+    text = dumps_finite(report, "report.json", NON_FINITE_HINT, indent=2, sort_keys=False)
+    write_text(folder / "report.json", text + "\n")
+    write_text(folder / "report.md", render_markdown(report))
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -56,6 +69,54 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _baseline_latency(report: dict[str, Any]) -> list[str]:
+    timed = [(a["name"], a["baseline"]) for a in report["artifacts"] if (a.get("baseline") or {}).get("timed")]
+    if not timed:
+        return []
+    lines = ["", "## Against the uncompressed model (same target, same run, interleaved)", "",
+             "| target | uncompressed CPU ms | artifact CPU ms | speed-up (CPU) | speed-up (p50 wall) | uncompressed MB | size ratio | rounds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, b in timed:
+        lines.append(f"| {name} | {_fmt(b['cpu_time_ms'])} | {_fmt(b['cpu_time_ms'] / b['speedup_cpu'])} | {_fmt(b['speedup_cpu'])}x "
+                     f"| {_fmt(b['speedup_p50'])}x | {b['size_bytes'] / 1e6:.2f} | {_fmt(b['size_ratio'])}x | {b['rounds']} |")
+    return lines
+
+
+def _summary_section(report: dict[str, Any]) -> list[str]:
+    """The first screen: per target, how much smaller and faster than the model as loaded
+    (timed interleaved on the same target in the same run), how much top-1 changed, and what
+    really ran. A compressed artifact that is not faster than the float model is flagged."""
+    acc = report.get("accuracy") or {}
+    top1 = acc.get("top1", {})
+    before = top1.get("uncompressed", top1.get("pytorch") if not report["passes"] else None)
+    lines = ["", "## Summary: what you got, per target", "",
+             "| target | runs as | size | speed-up vs uncompressed (CPU time, interleaved) | top-1 (change) | check | where run |",
+             "|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        base = a.get("baseline") or {}
+        size = f"{a['size_bytes'] / 1e6:.2f} MB"
+        if base.get("size_ratio"):
+            size += f" ({base['size_ratio']:.2f}x smaller)" if base["size_ratio"] >= 1 else f" ({1 / base['size_ratio']:.2f}x LARGER)"
+        if not report["passes"]:
+            speed = "- (no pass: this is the uncompressed model)"
+        elif base.get("timed"):
+            speed = f"{base['speedup_cpu']:.2f}x ({base['cpu_time_ms']:.2f} -> {base['cpu_time_ms'] / base['speedup_cpu']:.2f} ms)"
+            if not base["faster"]:
+                speed += " **NOT FASTER than the uncompressed model**"
+        else:
+            speed = "not timed" + (f": {base['reason']}" if base.get("reason") else (": " + a["where_run"] if a["checked_in"] != a["runtime"] else ""))
+        t = top1.get(a["name"])
+        acc_text = "-" if t is None else f"{t:.4f}" + (f" ({(t - before) * 100:+.2f} pt)" if before is not None else "")
+        runs_as = f"{a['runtime']} {a['executed_precision']}" + (" (simulated layers)" if a["simulated"] else "")
+        lines.append(f"| {a['name']} | {runs_as} | {size} | {speed} | {acc_text} | {'passed' if a['check']['passed'] else 'FAILED'} "
+                     f"| {a['where_run']} |")
+    if before is not None:
+        lines.append(f"\ntop-1 change against the model as loaded ({before:.4f} in PyTorch on the same {acc.get('n')} images).")
+    if report["model"].get("random_weights"):
+        lines.append("\nRandom weights: size and latency are real, top-1 is meaningless.")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m, r = report["model"], report["recipe"]
     lines = [
@@ -68,6 +129,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- calibration: {report['calibration']['source']} ({report['calibration']['n']} images, seed {report['calibration']['seed']}"
         + (", OVERLAPS the evaluation set" if report["calibration"]["overlaps_eval"] else "") + ")",
     ]
+    lines += _summary_section(report)
+    lines.append("")
     for w in report.get("warnings", []):
         lines.append(f"- **warning**: {w}")
     lines += ["", "## Passes", ""]
@@ -106,8 +169,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                      if report.get("cascade") else ""), "",
                   "| model | top-1 | agreement with PyTorch |", "|---|---|---|"]
         for name, top1 in acc["top1"].items():
-            lines.append(f"| {name} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
+            shown = "uncompressed (as loaded, PyTorch)" if name == "uncompressed" else name
+            lines.append(f"| {shown} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
     lines += _cascade_section(report.get("cascade"))
+    lines += _baseline_latency(report)
     lines += ["", "## Latency", "",
               "| target | runtime | threads | batch | runs | p50 ms | p90 ms | p99 ms | mean ms | CPU ms/inference | load avg (before, after) | where run |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -6,16 +6,25 @@ so both pages always say the same thing) followed by the plots.
 """
 from __future__ import annotations
 
+import contextlib
 import html
-import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from edgevit import plots
 from edgevit.artifacts import Staging
 from edgevit.errors import EdgevitError
+from edgevit.outdir import refuse_out_over_inputs, removing_new_parents_on_failure
 from edgevit.report import render_markdown
+from edgevit.report_schema import ReportFile, bits_problem
+from edgevit.schema import first_error
+from edgevit.textfile import read_json, write_text
+
+REPORT_HINT = "give the folder `edgevit compress --out` published, with its report.json unedited"
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
@@ -106,23 +115,52 @@ def _strip_xml_header(svg: str) -> str:
 
 def write_report(run_dir: Path, out: Path | None = None, force: bool = False) -> Path:
     """report.md + report.html + plots/ for a published compress run, written atomically."""
+    report, source = read_report(run_dir)
+    target = out or run_dir / "rendered"
+    refuse_out_over_inputs(target, {"run folder": run_dir})
+    if target.is_symlink():  # --force would replace the link and leave the old one behind as .old-*
+        raise EdgevitError(f"--out {target}: is a symbolic link", "give the real folder (or a new path) as --out")
+    with removing_new_parents_on_failure(target):
+        staging = Staging(target, force=force)
+        try:
+            with _renderer_errors(source):
+                svgs = report_plots(report, staging.path / "plots")
+                markdown = render_markdown(report)
+                page = render_html(report, svgs)
+            write_text(staging.path / "report.md", markdown)
+            write_text(staging.path / "report.html", page)
+            return staging.publish({"source": str(source)})
+        except BaseException:
+            staging.discard()
+            raise
+
+
+@contextlib.contextmanager
+def _renderer_errors(source: Path) -> Iterator[None]:
+    """Backstop behind ReportFile: a field the renderer reads that the typed model does not
+    cover yet (the report grows by issue) is still one line naming the file, never a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as exc:
+        raise EdgevitError(f"{source}: a field the report needs is missing or malformed ({type(exc).__name__}: {exc})",
+                           REPORT_HINT) from None
+
+
+def read_report(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """report.json checked field by field against what the renderer reads."""
     source = run_dir / "report.json"
     if not source.is_file():
-        raise EdgevitError(f"{run_dir}: no report.json here", "give the folder `edgevit compress --out` published")
+        raise EdgevitError(f"{run_dir}: no report.json here", REPORT_HINT)
+    report = read_json(source, EdgevitError, REPORT_HINT)
+    if isinstance(report, dict) and report.get("schema_version", 1) != 1:
+        raise EdgevitError(f"{source}: report schema_version {report['schema_version']!r}; this edgevit reads 1",
+                           "use the edgevit that wrote it")
     try:
-        report = json.loads(source.read_text())
-        version = report["schema_version"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
-        raise EdgevitError(f"{source}: not an edgevit report ({type(exc).__name__})") from None
-    if version != 1:
-        raise EdgevitError(f"{source}: report schema_version {version}; this edgevit reads 1", "use the edgevit that wrote it")
-    target = out or run_dir / "rendered"
-    staging = Staging(target, force=force)
-    try:
-        svgs = report_plots(report, staging.path / "plots")
-        (staging.path / "report.md").write_text(render_markdown(report))
-        (staging.path / "report.html").write_text(render_html(report, svgs))
-        return staging.publish({"source": str(source)})
-    except BaseException:
-        staging.discard()
-        raise
+        # the renderer reads the validated form: optional keys present (as null), types as declared
+        report = ReportFile.model_validate(report).model_dump()
+    except ValidationError as exc:
+        raise EdgevitError(f"{source}: {first_error(exc, ReportFile)}", REPORT_HINT) from None
+    problem = bits_problem(report)
+    if problem:
+        raise EdgevitError(f"{source}: {problem}", REPORT_HINT)
+    return report, source

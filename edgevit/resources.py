@@ -6,6 +6,7 @@ them beside the package.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SHIPPED_KINDS = ("recipes", "exporters", "calibration", "runtimes")
@@ -28,3 +29,20 @@ def names(kind: str) -> list[str]:
 
 def runner_script() -> Path:
     return shipped("runtimes") / "runner.py"
+
+
+# Folders (os.pathsep-separated) with runtime declarations (<name>.yaml) and their runner
+# session modules (session_<name>.py) that edgevit does not ship: a runtime added without
+# touching edgevit. The device runner reads the same variable.
+RUNTIME_PATH_ENV = "EDGEVIT_RUNTIME_PATH"
+
+
+def runtime_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(RUNTIME_PATH_ENV, "").split(os.pathsep) if p]
+    return [shipped("runtimes"), *extra]
+
+
+def runner_files() -> list[Path]:
+    """What a device needs to run artifacts: the runner and the session modules of runtimes
+    that are not built into it (``session_<runtime>.py``)."""
+    return [runner_script(), *(p for d in runtime_dirs() for p in sorted(d.glob("session_*.py")))]

@@ -2,15 +2,54 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random accept it too
+
+
+def seed_field(default: int = 0, description: str | None = None) -> Any:
+    """A seed every RNG edgevit feeds accepts (numpy's is the narrowest)."""
+    return Field(default, ge=0, le=SEED_MAX, description=description)
+
+
+def non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where a NaN / inf float hides in nested dicts / lists (None if nowhere)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(value)"
+    if isinstance(value, dict):
+        items: Iterable[tuple[str, Any]] = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = non_finite_path(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a misspelt option must never be silently ignored."""
+    """Unknown keys are errors: a misspelt option must never be silently ignored.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    NaN / inf are refused everywhere: as typed floats (allow_inf_nan) and inside untyped
+    blocks (model_args, session_options), since a NaN compares false with every bound and
+    so slips through ``gt`` / ``lt`` checks downstream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_inside(cls, value: Any) -> Any:
+        if isinstance(value, (dict, list, tuple)):
+            where = non_finite_path(value)
+            if where is not None:
+                raise ValueError(f"{where} is NaN or infinite; give a finite number")
+        return value
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

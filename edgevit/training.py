@@ -10,32 +10,18 @@ import math
 import time
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from edgevit import progress
 from edgevit.data import ImageFolder, label_map, scan_image_folder
-from edgevit.schema import StrictModel
+from edgevit.training_config import FinetuneConfig  # noqa: F401  (passes import it from here)
 
 if TYPE_CHECKING:  # passes import this module; a runtime import would be circular
     from edgevit.passes.base import PassContext
-
-
-class FinetuneConfig(StrictModel):
-    """The ``finetune:`` block of a pass."""
-
-    epochs: float = Field(1.0, gt=0, description="passes over the (sub-sampled) training images; fractions allowed")
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    batch_size: int = Field(64, ge=1, le=4096)
-    loss: Literal["distill", "ce"] = "distill"
-    temperature: float = Field(1.0, gt=0)
-    max_images: int | None = Field(None, ge=1, description="seeded subset of --train-data per epoch")
-    max_minutes: float | None = Field(None, gt=0, description="wall-time cap; training stops there and says so")
 
 
 class _TrainSet(torch.utils.data.Dataset):
@@ -48,12 +34,10 @@ class _TrainSet(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        from edgevit.images import decode_rgb8
 
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            x = self.transform(img.convert("RGB"))
-        return x, label
+        return self.transform(decode_rgb8(path)), label  # same decoding (16-bit, float, alpha) as evaluation
 
 
 def finetune(student: nn.Module, teacher: nn.Module | None, train_data: Path | ImageFolder, data_config: dict[str, Any],

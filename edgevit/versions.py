@@ -11,7 +11,10 @@ TRACKED = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "openvino", "nu
 
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"edgevit": edgevit.__version__, "python": platform.python_version()}
-    for name in TRACKED:
+    from edgevit.capabilities import runtimes
+
+    packages = [*TRACKED, *sorted(c.package for c in runtimes().values() if c.package and c.package not in TRACKED)]
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -18,12 +18,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 
 import numpy as np
 
 RUNNER_VERSION = 1
+BASELINE_ROUNDS = 5  # blocks the artifact and its baseline alternate in when timed together
 ORT_COMPUTE_OPS = (
     "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Conv", "FusedConv", "Attention", "MultiHeadAttention",
     "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "QGemm",
@@ -31,10 +33,151 @@ ORT_COMPUTE_OPS = (
 )
 OV_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution", "ScaledAttn", "ScaledDotProductAttention", "GroupConvolution")
 TFLITE_COMPUTE_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
+# The precision a compute kernel ran in, read from what executed (ORT: the kernel's op type;
+# OpenVINO: the runtime model's precision per layer; LiteRT: the operands' dtypes). Each
+# session class names it (``precision_of``); a runtime or a key not known is "unknown",
+# never a guess.
+ORT_INT8_OPS = ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "QGemm",
+                "QLinearConv", "ConvInteger", "QAttention")
+ORT_INT4_OPS = ("MatMulNBits",)
+OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _suffix(key):
+    return key.rsplit("@", 1)[-1] if "@" in key else None
+
+
+def executed_precision(runtime, compute_ops):
+    """One precision, "mixed(a,b)", or "unknown" when nothing was read back."""
+    session = SESSIONS.get(runtime)
+    found = sorted(set(session.precision_of(key) if session else "unknown" for key in compute_ops or {}))
+    if not found:
+        return "unknown"
+    return found[0] if len(found) == 1 else "mixed(" + ",".join(found) + ")"
 
 
 class RunnerFailure(Exception):
     """A problem the runner reports as JSON {"error": ...} with exit code 2."""
+
+
+# --- What a bundle may ask for -------------------------------------------------------
+# A bundle can come from anyone (copied off a device, downloaded). Its names must stay
+# inside its folder, its session options must be ones the runtime is known to take
+# harmlessly (OpenVINO's CACHE_DIR, say, would write anywhere), and the TensorRT build is
+# described by fields, never by a command line.
+
+MAX_BUNDLE_JSON_BYTES = 16 << 20
+# bundle.json versions this runner reads (runtimes/bundle.schema.json describes version 1)
+KNOWN_BUNDLE_SCHEMA_VERSIONS = (1,)
+REEXPORT = "re-export the artifact with edgevit"
+_OPTION_VALUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ORT_OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_LAYOUT", "ORT_ENABLE_ALL")
+ORT_SESSION_CONFIG_KEYS = ("session.qdq_matmulnbits_accuracy_level",)  # what exporters/x86-onnxruntime.yaml sets
+OV_CONFIG_KEYS = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE", "PERFORMANCE_HINT", "NUM_STREAMS",
+                  "EXECUTION_MODE_HINT")
+TRT_SPEC_FIELDS = ("version", "precision_flags", "shapes", "workspace_mib", "timing_cache", "dla_core", "engine_reproducible")
+TRT_PRECISION_FLAGS = {"fp16": "--fp16", "int8": "--int8", "best": "--best", "noTF32": "--noTF32"}
+_TRT_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]{1,128}$")  # goes into --shapes=name:dims and in_<name>.bin
+_PLAIN_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def bundle_path(folder, name, field):
+    """``folder/name`` if ``name`` is a relative path without ``..`` that stays inside the
+    folder after resolving symlinks and is a regular file. The device-side copy of
+    edgevit/bundle_files.py's ``bundle_file`` (the runner cannot import edgevit)."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise RunnerFailure("bundle.json: {}: {!r} is not a file name; {}".format(field, name, REEXPORT))
+    if name.startswith("/") or ".." in name.split("/"):
+        raise RunnerFailure("bundle.json: {}: {!r} points outside the bundle folder; {}".format(field, name, REEXPORT))
+    if name.endswith(".py"):  # session_*.py beside the runner are loaded as code: a bundle never names one
+        raise RunnerFailure("bundle.json: {}: {!r}: a bundle holds model files, never Python code; {}".format(
+            field, name, REEXPORT))
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise RunnerFailure("bundle.json: {}: {!r} is a symlink to {}, outside the bundle folder; {}".format(
+            field, name, path, REEXPORT))
+    if not os.path.isfile(path):
+        raise RunnerFailure("bundle.json: {}: {!r} is missing or not a plain file".format(field, name))
+    return os.path.join(folder, name)
+
+
+def _int_in(value, low, high, field):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RunnerFailure("bundle.json: {}: {!r} is not an integer in {}..{}; {}".format(field, value, low, high, REEXPORT))
+    return value
+
+
+def _choice(value, allowed, field):
+    if not isinstance(value, str) or value not in allowed:
+        raise RunnerFailure("bundle.json: {}: {!r} is not one of {}; {}".format(field, value, ", ".join(allowed), REEXPORT))
+    return value
+
+
+def _mapping(value, allowed, field):
+    """A dict whose keys are all in ``allowed`` and whose values are short plain tokens."""
+    if not isinstance(value, dict):
+        raise RunnerFailure("bundle.json: {}: expected an object; {}".format(field, REEXPORT))
+    for key, item in value.items():
+        _choice(key, allowed, "{} key".format(field))
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or not _OPTION_VALUE.match(str(item)):
+            raise RunnerFailure("bundle.json: {}.{}: {!r} is not a plain value; {}".format(field, key, item, REEXPORT))
+    return value
+
+
+def check_session_options(runtime, options):
+    """Refuse session options the runtime is not known to take harmlessly: each session
+    class lists the keys it takes and how each value is checked (``options``)."""
+    if not isinstance(options, dict):
+        raise RunnerFailure("bundle.json: session_options: expected an object; {}".format(REEXPORT))
+    checks = SESSIONS[runtime].options
+    for key, value in options.items():
+        _choice(key, sorted(checks), "session_options key (for {})".format(runtime))
+        if value is not None:
+            checks[key](value, "session_options." + key)
+    return options
+
+
+def _ort_options():
+    return {"graph_optimization_level": lambda v, f: _choice(v, ORT_OPTIMIZATION_LEVELS, f),
+            "session_config": lambda v, f: _mapping(v, ORT_SESSION_CONFIG_KEYS, f)}
+
+
+def trtexec_build_args(spec, input_names, model_file):
+    """trtexec's engine-build arguments, built from the bundle's structured TensorRT spec
+    through allow-lists: nothing in a bundle reaches trtexec's command line as text, so a
+    bundle cannot load a plugin library or write outside its folder."""
+    if not isinstance(spec, dict) or not spec:
+        raise RunnerFailure("bundle.json: tensorrt: no engine build spec; {}".format(REEXPORT))
+    for key in spec:
+        _choice(key, TRT_SPEC_FIELDS, "tensorrt field")
+    flags = spec.get("precision_flags", [])
+    if not isinstance(flags, list):
+        raise RunnerFailure("bundle.json: tensorrt.precision_flags: expected a list; {}".format(REEXPORT))
+    for flag in flags:
+        _choice(flag, sorted(TRT_PRECISION_FLAGS), "tensorrt.precision_flags")
+    shapes = spec.get("shapes")
+    if not isinstance(shapes, dict) or sorted(shapes) != sorted(input_names):
+        raise RunnerFailure("bundle.json: tensorrt.shapes: expected the shape of each input ({}); {}".format(
+            ", ".join(input_names), REEXPORT))
+    for name, dims in shapes.items():
+        if not isinstance(dims, list) or not 1 <= len(dims) <= 8:
+            raise RunnerFailure("bundle.json: tensorrt.shapes.{}: expected a list of 1-8 dimensions; {}".format(name, REEXPORT))
+        for d in dims:
+            _int_in(d, 1, 1 << 16, "tensorrt.shapes." + name)
+    workspace = _int_in(spec.get("workspace_mib", 1024), 1, 1 << 20, "tensorrt.workspace_mib")
+    cache = spec.get("timing_cache", "timing.cache")
+    if not isinstance(cache, str) or not _PLAIN_FILE_NAME.match(cache):
+        raise RunnerFailure("bundle.json: tensorrt.timing_cache: {!r} is not a plain file name; {}".format(cache, REEXPORT))
+    shape_arg = ",".join("{}:{}".format(name, "x".join(str(d) for d in dims)) for name, dims in sorted(shapes.items()))
+    args = ["--onnx=" + model_file, "--saveEngine=model.engine", "--shapes=" + shape_arg,
+            "--memPoolSize=workspace:{}M".format(workspace), "--timingCacheFile=" + cache]
+    args += [TRT_PRECISION_FLAGS[flag] for flag in flags]
+    dla = spec.get("dla_core")
+    if dla is not None:
+        args += ["--useDLACore={}".format(_int_in(dla, 0, 7, "tensorrt.dla_core")), "--allowGPUFallback"]
+    return args
 
 
 def read_bundle(path):
@@ -44,8 +187,20 @@ def read_bundle(path):
     if path.endswith(".json"):
         if not os.path.isfile(path):
             raise RunnerFailure("{}: no bundle.json here".format(path))
-        with open(path) as fh:
-            bundle = json.load(fh)
+        if os.path.getsize(path) > MAX_BUNDLE_JSON_BYTES:
+            raise RunnerFailure("{}: larger than {} bytes; {}".format(path, MAX_BUNDLE_JSON_BYTES, REEXPORT))
+        try:
+            with open(path, "rb") as fh:
+                bundle = json.loads(fh.read().decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
+            raise RunnerFailure("{}: not valid JSON ({}); {}".format(path, str(exc).splitlines()[0][:120], REEXPORT))
+        if not isinstance(bundle, dict):
+            raise RunnerFailure("{}: expected a JSON object; {}".format(path, REEXPORT))
+        version = bundle.get("schema_version")
+        if version not in KNOWN_BUNDLE_SCHEMA_VERSIONS:
+            raise RunnerFailure("{}: schema_version {!r} is not one this runner knows ({}); use the runner shipped with "
+                                "the edgevit that exported it, or re-export".format(
+                                    path, version, ", ".join(map(str, KNOWN_BUNDLE_SCHEMA_VERSIONS))))
         return bundle, os.path.dirname(os.path.abspath(path))
     if not os.path.isfile(path):
         raise RunnerFailure("{}: artifact not found".format(path))
@@ -56,8 +211,44 @@ def read_bundle(path):
     return bundle, os.path.dirname(os.path.abspath(path))
 
 
-class OrtSession(object):
+# --- Sessions: one class per runtime, registered by runtime name ----------------------
+# A session class declares ``runtime``, the ``formats`` it loads, the session ``options``
+# it takes (key -> check) and ``precision_of`` (a read-back key -> precision); ``open``
+# builds it for a bundle. A runtime that is not built in is one module beside this file,
+# ``session_<runtime>.py``, with ``register(runner)`` calling ``runner.register_session``.
+SESSIONS = {}
+
+
+def register_session(cls):
+    SESSIONS[cls.runtime] = cls
+    return cls
+
+
+class _Session(object):
+    formats = ()
+    options = {}
+    # executed() needs the session opened again with op profiling on (False: it reads back
+    # from the session that ran, e.g. trtexec's engine)
+    reopen_to_profile = True
+
+    @classmethod
+    def open(cls, bundle, folder, model_path, options, threads, profile_ops=False):
+        return cls(model_path, options, threads, profile_ops)
+
+    @staticmethod
+    def precision_of(key):
+        return "unknown"
+
+
+@register_session
+class OrtSession(_Session):
     runtime = "onnxruntime"
+    formats = ("onnx",)
+    options = _ort_options()
+
+    @staticmethod
+    def precision_of(key):
+        return "int4" if key in ORT_INT4_OPS else "int8" if key in ORT_INT8_OPS else "fp32"
 
     def __init__(self, model_path, options, threads, profile_ops=False):
         import onnxruntime as ort
@@ -96,8 +287,15 @@ class OrtSession(object):
         return {"compute_ops": counts}
 
 
-class OvSession(object):
+@register_session
+class OvSession(_Session):
     runtime = "openvino"
+    formats = ("openvino",)
+    options = {"config": lambda v, f: _mapping(v, OV_CONFIG_KEYS, f)}
+
+    @staticmethod
+    def precision_of(key):
+        return OV_PRECISIONS.get(_suffix(key), "unknown")
 
     def __init__(self, model_path, options, threads, profile_ops=False):
         import openvino as ov
@@ -145,28 +343,39 @@ def _tmpdir():
     return tempfile.gettempdir()
 
 
-class TrtexecSession(object):
+@register_session
+class TrtexecSession(_Session):
     """TensorRT through JetPack's `trtexec`: builds the engine on this device from the
     bundle's build spec (engines are device- and version-specific), feeds inputs and reads
     outputs through files, and times with trtexec's own per-iteration export."""
 
     runtime = "tensorrt"
+    formats = ("onnx",)
+    reopen_to_profile = False
+    # the ORT keys are there for the host's stand-in check of the same graph in onnxruntime
+    options = dict(_ort_options(), workspace_mib=lambda v, f: _int_in(v, 1, 1 << 20, f),
+                   batch=lambda v, f: _int_in(v, 1, 4096, f), dla_core=lambda v, f: _int_in(v, 0, 7, f))
 
-    def __init__(self, model_path, bundle, folder):
-        import shlex
+    @classmethod
+    def open(cls, bundle, folder, model_path, options, threads, profile_ops=False):
+        return cls(bundle["model_file"], bundle, folder)
+
+    def __init__(self, model_file, bundle, folder):
         import shutil
 
-        self.folder, self.spec = folder, bundle.get("tensorrt") or {}
+        self.folder, self.spec = folder, bundle.get("tensorrt")
+        self.inputs = [(i["name"], i["shape"], i["dtype"]) for i in _io_specs(bundle, "inputs")]
+        self.output_names = [o["name"] for o in _io_specs(bundle, "outputs")]
+        for name, _, _ in self.inputs:
+            if not _TRT_TENSOR_NAME.match(name):
+                raise RunnerFailure("bundle.json: inputs: name {!r} is not a plain tensor name; {}".format(name, REEXPORT))
+        build_args = trtexec_build_args(self.spec, [name for name, _, _ in self.inputs], model_file)
+        # the program is this device's (environment or PATH), never the bundle's
         self.trtexec = os.environ.get("EDGEVIT_TRTEXEC") or shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
         if not os.path.isfile(self.trtexec):
             raise RunnerFailure("trtexec not found on this device (TensorRT not installed?); set EDGEVIT_TRTEXEC")
-        if "trtexec" not in self.spec:
-            raise RunnerFailure("bundle has no tensorrt build spec")
-        self.inputs = [(i["name"], i["shape"], i["dtype"]) for i in bundle["inputs"]]
-        self.output_names = [o["name"] for o in bundle["outputs"]]
-        self.shapes_arg = [a for a in shlex.split(self.spec["trtexec"]) if a.startswith("--shapes=")]
-        log = self._call(shlex.split(self.spec["trtexec"])[1:])  # build model.engine here, on the device
-        self.version = _trt_version(log) or self.spec.get("version")
+        log = self._call(build_args)  # build model.engine here, on the device
+        self.version = _trt_version(log) or str(self.spec.get("version"))
 
     def _call(self, args):
         import subprocess
@@ -210,13 +419,12 @@ class TrtexecSession(object):
 
 
 def _trt_version(log):
-    import re
-
     match = re.search(r"TensorRT version: ([0-9.]+)", log) or re.search(r"\[TensorRT v(\d+)\]", log)
     return match.group(1) if match else None
 
 
-class LiteRtSession(object):
+@register_session
+class LiteRtSession(_Session):
     """LiteRT / TFLite: ai-edge-litert's interpreter, or tflite-runtime's (what boards in
     the field often have; same API). Both apply XNNPACK, the CPU delegate, by default.
 
@@ -226,6 +434,12 @@ class LiteRtSession(object):
     int8 inputs/outputs are (de)quantized with the tensor's own scale and zero point."""
 
     runtime = "litert"
+    formats = ("litert",)
+    options = {"batch": lambda v, f: _int_in(v, 1, 4096, f), "delegate": lambda v, f: _choice(v, ("xnnpack",), f)}
+
+    @staticmethod
+    def precision_of(key):
+        return _suffix(key) if _suffix(key) in TFLITE_PRECISIONS else "unknown"
 
     def __init__(self, model_path, options, threads, profile_ops=False):
         try:
@@ -315,30 +529,65 @@ def _from_tensor(value, detail):
     return np.array(value, dtype=np.float32)
 
 
-SESSIONS = {"onnx": OrtSession, "openvino": OvSession, "litert": LiteRtSession}
+def load_session_modules(folder=None):
+    """Sessions of runtimes that are not built in: ``session_<runtime>.py`` beside this file
+    (shipped with the runner by edgevit's transports; a bundle can never add one: bundle
+    files are model files, and a .py name is refused on both sides)."""
+    import importlib.util
+
+    folders = [folder or os.path.dirname(os.path.abspath(__file__))]
+    folders += [p for p in os.environ.get("EDGEVIT_RUNTIME_PATH", "").split(os.pathsep) if p and folder is None]
+    modules = [os.path.join(f, name) for f in folders if os.path.isdir(f) for name in sorted(os.listdir(f))
+               if name.startswith("session_") and name.endswith(".py")]
+    for path in modules:
+        spec = importlib.util.spec_from_file_location("edgevit_runner_" + os.path.basename(path)[:-3], path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        api = type(sys)("edgevit_runner_api")  # this runner's functions, as the plugin sees them
+        api.__dict__.update(globals())
+        module.register(api)
 
 
 def open_artifact(path, threads, profile_ops=False, runtime=None):
     """``runtime`` overrides the bundle's (the host checks a TensorRT graph in onnxruntime)."""
     bundle, folder = read_bundle(path)
     fmt = bundle.get("format")
-    model_path = os.path.join(folder, bundle["model_file"])
-    if not os.path.isfile(model_path):
-        raise RunnerFailure("{}: model file named by the bundle is missing".format(model_path))
-    if (runtime or bundle.get("runtime")) == "tensorrt":
-        return TrtexecSession(model_path, bundle, folder)
-    if fmt not in SESSIONS:
-        raise RunnerFailure("bundle format {!r} is not run by this runner (knows {})".format(fmt, ", ".join(sorted(SESSIONS))))
-    if "cascade" in bundle:
-        return CascadeSession(bundle, folder, threads, profile_ops)
-    return _open_session(fmt, model_path, bundle.get("session_options", {}), threads, profile_ops)
+    _choice(fmt, sorted(set(f for cls in SESSIONS.values() for f in cls.formats)), "format")
+    # a bare model file names no runtime: the first session class that loads its format
+    default = next(name for name, cls in sorted(SESSIONS.items()) if fmt in cls.formats)
+    declared = _choice(bundle.get("runtime", default), sorted(SESSIONS), "runtime")
+    session_class = SESSIONS[_choice(runtime or declared, sorted(SESSIONS), "runtime (--runtime)")]
+    if fmt not in session_class.formats:
+        raise RunnerFailure("bundle.json: format {!r} is not one {} loads ({}); {}".format(
+            fmt, session_class.runtime, ", ".join(session_class.formats), REEXPORT))
+    model_path = bundle_path(folder, bundle.get("model_file"), "model_file")
+    options = check_session_options(declared, bundle.get("session_options", {}))
+    if "cascade" in bundle and session_class.runtime != "tensorrt":
+        return CascadeSession(bundle, folder, session_class, threads, profile_ops)
+    return _open_session(session_class, bundle, folder, model_path, options, threads, profile_ops)
 
 
-def _open_session(fmt, model_path, options, threads, profile_ops=False):
+def _io_specs(bundle, key):
+    """bundle[key] (inputs / outputs) as a non-empty list of {name, shape, dtype} objects."""
+    specs = bundle.get(key)
+    ok = isinstance(specs, list) and specs and all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("dtype"), str)
+        and isinstance(s.get("shape"), list) and all(isinstance(d, (int, str)) for d in s["shape"]) for s in specs)
+    if not ok:
+        raise RunnerFailure("bundle.json: {}: expected a list of {{name, shape, dtype}} objects; {}".format(key, REEXPORT))
+    return specs
+
+
+def _open_session(session_class, bundle, folder, model_path, options, threads, profile_ops=False):
     try:
-        return SESSIONS[fmt](model_path, options, threads, profile_ops)
+        return session_class.open(bundle, folder, model_path, options, threads, profile_ops)
+    except RunnerFailure:
+        raise
     except ImportError as exc:
-        raise RunnerFailure("runtime for {} is not installed on this device: {}".format(fmt, exc))
+        raise RunnerFailure("{} is not installed on this device: {}".format(session_class.runtime, exc))
+    except Exception as exc:  # each runtime raises its own types for a file it cannot read
+        raise RunnerFailure("{}: {} cannot load it: {}: {}".format(
+            model_path, session_class.runtime, type(exc).__name__, (str(exc).strip().splitlines() or ["?"])[0][:300]))
 
 
 class CascadeSession(object):
@@ -347,23 +596,42 @@ class CascadeSession(object):
     every sample through every stage and returns all exits' logits (for the numerical
     check); ``classify`` is the real cascade, compacting the batch to the samples left."""
 
-    def __init__(self, bundle, folder, threads, profile_ops=False):
+    reopen_to_profile = True
+
+    def __init__(self, bundle, folder, session_class, threads, profile_ops=False):
         manifest = bundle["cascade"]
-        fmt, options = bundle["format"], bundle.get("session_options", {})
-        self.rule = manifest["rule"]
-        self.stages = manifest["stages"]
+        options = bundle.get("session_options", {})
+        if not isinstance(manifest, dict):
+            raise RunnerFailure("bundle.json: cascade: expected an object; {}".format(REEXPORT))
+        self.rule = _choice(manifest.get("rule"), ("confidence", "entropy"), "cascade.rule")
+        self.stages = _cascade_stages(manifest.get("stages"))
         self.sessions = []
-        for stage in self.stages:
-            path = os.path.join(folder, stage["file"])
-            if not os.path.isfile(path):
-                raise RunnerFailure("{}: cascade stage file named by the bundle is missing".format(path))
-            self.sessions.append(_open_session(fmt, path, options, threads, profile_ops))
+        for k, stage in enumerate(self.stages):
+            path = bundle_path(folder, stage["file"], "cascade.stages[{}].file".format(k))
+            self.sessions.append(_open_session(session_class, bundle, folder, path, options, threads, profile_ops))
+        self._check_wiring()
         first = self.sessions[0]
         self.runtime, self.version, self.inputs = first.runtime, first.version, first.inputs
         self.output_names = [stage["name"] for stage in self.stages]
         reference = bundle.get("reference_model")
-        self.reference_path = os.path.join(folder, reference["file"]) if reference else None
-        self.fmt, self.options, self.threads = fmt, options, threads
+        if reference is not None and not isinstance(reference, dict):
+            raise RunnerFailure("bundle.json: reference_model: expected an object; {}".format(REEXPORT))
+        self.reference_path = bundle_path(folder, reference.get("file"), "reference_model.file") if reference else None
+        self.bundle, self.folder, self.session_class = bundle, folder, session_class
+        self.options, self.threads = options, threads
+
+    def _check_wiring(self):
+        """Each stage's listed outputs are what its graph produces, and what it passes on
+        (all but the exit logits) is what the next stage takes."""
+        for k, (stage, session) in enumerate(zip(self.stages, self.sessions)):
+            if not set(stage["outputs"]) <= set(session.output_names):
+                raise RunnerFailure("bundle.json: cascade.stages[{}].outputs: the graph produces {}; {}".format(
+                    k, ", ".join(session.output_names), REEXPORT))
+            if k + 1 < len(self.sessions):
+                passed = sorted(name for name in stage["outputs"] if name != stage["exit_output"])
+                if passed != sorted(name for name, _, _ in self.sessions[k + 1].inputs):
+                    raise RunnerFailure("bundle.json: cascade.stages[{}]: its inputs are not what stage {} passes on; {}".format(
+                        k + 1, k, REEXPORT))
 
     def run(self, feeds):
         outputs, current = {}, feeds
@@ -423,6 +691,31 @@ class CascadeSession(object):
         return predicted, exited, stage_ms
 
 
+def _cascade_stages(stages):
+    """The cascade's stages, each {name, file, outputs, exit_output, threshold} with the
+    types the cascade code reads (the files are checked when each stage is opened)."""
+    if not isinstance(stages, list) or not stages:
+        raise RunnerFailure("bundle.json: cascade.stages: expected a non-empty list; {}".format(REEXPORT))
+    for k, stage in enumerate(stages):
+        where = "bundle.json: cascade.stages[{}]".format(k)
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise RunnerFailure("{}: expected an object with a name; {}".format(where, REEXPORT))
+        outputs = stage.get("outputs")
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+            raise RunnerFailure("{}.outputs: expected a list of output names; {}".format(where, REEXPORT))
+        if "exit_output" not in stage or "threshold" not in stage:
+            raise RunnerFailure("{}: needs exit_output and threshold (null for the last stage); {}".format(where, REEXPORT))
+        last = k == len(stages) - 1
+        if (stage["exit_output"] is None) != last or not last and stage["exit_output"] not in outputs:
+            raise RunnerFailure("{}.exit_output: every stage but the last names one of its outputs, the last none; {}".format(
+                where, REEXPORT))
+        threshold = stage.get("threshold")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not np.isfinite(threshold)):
+            raise RunnerFailure("{}.threshold: expected a finite number or null; {}".format(where, REEXPORT))
+    return stages
+
+
 WARMUP_EVAL = 5
 
 
@@ -432,7 +725,8 @@ def evaluate_cascade(session, images, labels, batch):
     end-to-end latency, accuracy. Measured here, not estimated from FLOPs."""
     reference = None
     if session.reference_path:
-        reference = _open_session(session.fmt, session.reference_path, session.options, session.threads)
+        reference = _open_session(session.session_class, session.bundle, session.folder, session.reference_path,
+                                  session.options, session.threads)
     n_stages = len(session.stages)
     histogram = [0] * n_stages
     per_stage = [[] for _ in range(n_stages)]
@@ -498,18 +792,33 @@ def latency_stats(samples_ms):
 
 
 def time_runs(session, feeds, runs, warmup):
-    for _ in range(warmup):
-        session.run(feeds)
-    samples = []
-    cpu0 = time.process_time()
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(feeds)
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    cpu_ms = (time.process_time() - cpu0) * 1000.0 / runs
-    stats = latency_stats(samples)
-    stats["cpu_time_ms"] = cpu_ms
-    return stats
+    return time_interleaved([(session, feeds)], runs, warmup, rounds=1)[0]
+
+
+def time_interleaved(sessions, runs, warmup, rounds):
+    """Each (session, feeds) timed ``runs`` times, in ``rounds`` alternating blocks, so
+    load on a shared machine falls on all of them alike: wall-clock stats + process CPU
+    time per inference, per session."""
+    for session, feeds in sessions:
+        for _ in range(warmup):
+            session.run(feeds)
+    samples = [[] for _ in sessions]
+    cpu = [0.0 for _ in sessions]
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    for count in per_round:
+        for i, (session, feeds) in enumerate(sessions):
+            cpu0 = time.process_time()
+            for _ in range(count):
+                t0 = time.perf_counter()
+                session.run(feeds)
+                samples[i].append((time.perf_counter() - t0) * 1000.0)
+            cpu[i] += time.process_time() - cpu0
+    out = []
+    for i in range(len(sessions)):
+        stats = latency_stats(samples[i])
+        stats["cpu_time_ms"] = cpu[i] * 1000.0 / len(samples[i])
+        out.append(stats)
+    return out
 
 
 def device_description():
@@ -544,8 +853,9 @@ def run(args):
         feeds = {session.inputs[0][0]: given.astype(np.float32)}
         np.savez(args.output, **session.run(feeds))
         result["output_file"] = args.output
-        profiled = session if session.runtime == "tensorrt" else open_artifact(args.artifact, args.threads, True, args.runtime)
+        profiled = open_artifact(args.artifact, args.threads, True, args.runtime) if session.reopen_to_profile else session
         result["executed"] = profiled.executed(feeds)
+        result["executed"]["precision"] = executed_precision(profiled.runtime, result["executed"].get("compute_ops"))
     if args.eval:
         if not isinstance(session, CascadeSession):
             raise RunnerFailure("--eval runs an early-exit cascade; this bundle has no cascade")
@@ -557,11 +867,28 @@ def run(args):
         result.update({"batch": args.batch, "runs": args.runs, "warmup": args.warmup})
         if hasattr(session, "benchmark"):
             result.update(session.benchmark(feeds, args.runs, args.warmup))
+            if args.baseline:
+                result["baseline"] = {"error": "{} times with its own loop: no interleaved baseline".format(session.runtime)}
+        elif args.baseline:
+            result.update(_with_baseline(session, feeds, args))
         else:
             result.update(time_runs(session, feeds, args.runs, args.warmup))
     result["load_avg"] = [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def _with_baseline(session, feeds, args):
+    """The artifact and ``--baseline`` (the uncompressed model, same runtime) timed
+    interleaved in one process: the speed-up the user really got on this device."""
+    baseline = open_artifact(args.baseline, args.threads, runtime=args.runtime)
+    base_feeds = input_feeds(baseline, args.batch, args.seed)
+    rounds = max(1, min(BASELINE_ROUNDS, args.runs))
+    mine, theirs = time_interleaved([(session, feeds), (baseline, base_feeds)], args.runs, args.warmup, rounds)
+    mine["baseline"] = dict(theirs, rounds=rounds, runtime=baseline.runtime, runtime_version=baseline.version)
+    mine["speedup_cpu"] = theirs["cpu_time_ms"] / mine["cpu_time_ms"] if mine["cpu_time_ms"] > 0 else None
+    mine["speedup_p50"] = theirs["p50_ms"] / mine["p50_ms"] if mine["p50_ms"] > 0 else None
+    return mine
 
 
 def parse_args(argv):
@@ -575,8 +902,8 @@ def parse_args(argv):
     p.add_argument("--input", help=".npy input to run once; outputs go to --output")
     p.add_argument("--output", default="outputs.npz")
     p.add_argument("--eval", help=".npz with images (and labels): run the cascade over them, report exits and latency")
-    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "tensorrt", "litert"],
-                   help="run with this runtime instead of the bundle's (e.g. check a TensorRT graph in onnxruntime)")
+    p.add_argument("--runtime", help="run with this runtime instead of the bundle's (e.g. check a TensorRT graph in onnxruntime)")
+    p.add_argument("--baseline", help="bundle of the uncompressed model: timed interleaved with the artifact (speed-up)")
     args = p.parse_args(argv)
     if args.runs < 0 or args.warmup < 0 or args.threads < 1 or args.batch < 1:
         p.error("--runs/--warmup must be >= 0, --threads/--batch >= 1")
@@ -586,6 +913,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        load_session_modules()
         result = run(args)
     except RunnerFailure as exc:
         print(json.dumps({"error": str(exc)}))

@@ -20,7 +20,8 @@ def device(tmp_path, monkeypatch):
     log = tmp_path / "adb.log"
     monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
     monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    url = f"adb://EMULATOR42?adb={FAKE_ADB}&python={sys.executable}&timeout=120"
+    monkeypatch.setenv("EDGEVIT_ADB", str(FAKE_ADB))
+    url = f"adb://EMULATOR42?python={sys.executable}&timeout=120"
     return url, root, log
 
 
@@ -51,6 +52,7 @@ def test_command_sequence_outputs_and_cleanup(device, tmp_path):
     assert result.data["where_run"] == "EMULATOR42 (adb)" and result.data["runs"] == 4
     calls = _calls(log)
     assert [c[2] for c in calls] == ["shell", "push", "shell", "pull", "shell"]
+    assert calls[1][3] == "--" and calls[3][3] == "--"  # paths after --: a file named -x is never an adb option
     assert all(c[:2] == ["-s", "EMULATOR42"] for c in calls)
     assert calls[0][3].startswith("mktemp -d /data/local/tmp/edgevit.") and calls[-1][3].startswith("rm -rf /data/local/tmp/edgevit.")
     assert list((root / "data/local/tmp").iterdir()) == []  # nothing left on the device
@@ -59,8 +61,8 @@ def test_command_sequence_outputs_and_cleanup(device, tmp_path):
 def test_disconnected_device_and_missing_python(device, tmp_path, monkeypatch):
     url, root, log = device
     model, _ = _onnx(tmp_path)
-    with pytest.raises(RunnerError, match="python3-missing not found on the device"):
-        transport_for(url.replace(f"python={sys.executable}", "python=python3-missing")).run(
+    with pytest.raises(RunnerError, match="/missing/python3 not found on the device"):
+        transport_for(url.replace(f"python={sys.executable}", "python=/missing/python3")).run(
             model, runs=1, warmup=0, threads=1, batch=1)
     assert list((root / "data/local/tmp").iterdir()) == []
     monkeypatch.setenv("FAKE_ADB_OFFLINE", "1")
@@ -68,19 +70,20 @@ def test_disconnected_device_and_missing_python(device, tmp_path, monkeypatch):
         transport_for(url).run(model, runs=1, warmup=0, threads=1, batch=1)
 
 
-def test_fleet_profiles_every_device_side_by_side(cli, device, tmp_path):
+def test_fleet_profiles_every_device_side_by_side(cli, device, tmp_path, monkeypatch):
     url, _, _ = device
+    monkeypatch.setenv("FAKE_ADB_SERIALS", "EMULATOR42")  # NOPE is not connected
     model, _ = _onnx(tmp_path)
     fleet = tmp_path / "targets.yaml"
     fleet.write_text(f'devices:\n  - {{name: phone, target: "{url}", threads: 1}}\n'
                      "  - {name: here, target: local, threads: 2, batch: 2}\n"
-                     '  - {name: gone, target: "adb://NOPE?adb=/nonexistent/adb"}\n')
+                     '  - {name: gone, target: "adb://NOPE"}\n')
     result = cli("profile", model, "--runs", "3", "--warmup", "0", "--targets", fleet)
     assert result.exit_code == 0, result.output
     table, rest = result.stdout.split("\n[", 1)
     rows = json.loads("[" + rest)
     assert [r["name"] for r in rows] == ["phone", "here", "gone"]
-    assert rows[0]["where_run"] == "EMULATOR42 (adb)" and rows[1]["batch"] == 2 and "adb not found" in rows[2]["error"]
+    assert rows[0]["where_run"] == "EMULATOR42 (adb)" and rows[1]["batch"] == 2 and "device not connected" in rows[2]["error"]
     assert "| phone |" in table and "not run" in table
     bad = tmp_path / "bad.yaml"
     bad.write_text("devices:\n  - {name: a, target: local, thread: 2}\n")

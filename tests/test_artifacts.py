@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +43,39 @@ def test_discard_leaves_nothing(tmp_path):
     _fill(staging)
     staging.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+# A run that creates its staging folder, says where, then waits to be killed.
+_RUN = """
+import sys, time
+from edgevit.artifacts import Staging
+staging = Staging(sys.argv[1])
+(staging.path / "partial.bin").write_bytes(b"x" * 1000)
+print(staging.path, flush=True)
+time.sleep(600)
+"""
+
+
+def _start_run(destination):
+    proc = subprocess.Popen([sys.executable, "-c", _RUN, str(destination)], stdout=subprocess.PIPE, text=True)
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_next_run_removes_staging_of_a_killed_run_but_not_of_a_live_one(tmp_path):
+    """Regression: a SIGKILLed run left its .staging-* folder forever."""
+    killed, killed_path = _start_run(tmp_path / "a")
+    live, live_path = _start_run(tmp_path / "b")
+    try:
+        killed.kill()  # SIGKILL: no cleanup code of its own runs
+        killed.wait(timeout=30)
+        assert killed_path.is_dir()
+        staging = Staging(tmp_path / "c")  # the next run into the same parent
+        assert not killed_path.exists() and not killed_path.with_name(killed_path.name + ".lock").exists()
+        assert (live_path / "partial.bin").is_file()  # the live run's folder is untouched
+        staging.publish({})
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".staging-b-")) == ["c"]
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    Staging(tmp_path / "d").discard()  # once that run is dead too, its folder goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

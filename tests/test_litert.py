@@ -16,7 +16,6 @@ from edgevit.exporters import ExportContext, LoweringPlan, load_profile
 from edgevit.exporters.litert import LiteRtExporter
 from edgevit.models import load_model
 from edgevit.profiling import LocalTransport, runner_module
-from edgevit.profiling.executed import executed_precision
 
 # Fail, not skip, when the extra is missing; found without importing (litert-torch imports
 # jax, whose threads make later os.fork() calls in this pytest process warn).
@@ -74,7 +73,7 @@ def test_fp32_export_matches_pytorch_and_runs_in_the_runner(tmp_path, tiny_vit):
     assert record["passed"], record
     assert data["runtime"] == "litert" and data["p50_ms"] > 0 and data["cpu_time_ms"] > 0
     assert data["runtime_version"].startswith("ai-edge-litert")
-    assert executed_precision("litert", data["executed"]) == "fp32", data["executed"]
+    assert data["executed"]["precision"] == "fp32", data["executed"]
     assert data["executed"]["delegate_partitions"] >= 1  # XNNPACK took the graph
 
 
@@ -89,7 +88,7 @@ def test_fp16_profile_stores_fp16_weights(tmp_path, tiny_vit):
     assert record["passed"], record
     ops = data["executed"]["compute_ops"]  # weights in fp16; attention's activation matmuls stay fp32
     assert ops["FULLY_CONNECTED@fp16"] > 0 and "FULLY_CONNECTED@fp32" not in ops, ops
-    assert executed_precision("litert", data["executed"]) == "mixed(fp16,fp32)"
+    assert data["executed"]["precision"] == "mixed(fp16,fp32)"
 
 
 def test_int8_pt2e_static_runs_integer_kernels(tmp_path, tiny_vit):
@@ -102,7 +101,7 @@ def test_int8_pt2e_static_runs_integer_kernels(tmp_path, tiny_vit):
     ops = data["executed"]["compute_ops"]
     assert any(k.startswith("FULLY_CONNECTED@int8") for k in ops), ops
     assert ops.get("FULLY_CONNECTED@fp32") == 1, ops  # the classifier stays fp32, as the plan says
-    assert executed_precision("litert", data["executed"]) == "mixed(fp32,int8)"
+    assert data["executed"]["precision"] == "mixed(fp32,int8)"
 
 
 def test_runner_refuses_another_batch_on_a_static_graph(tmp_path, tiny_vit):
@@ -159,7 +158,8 @@ def test_benchmark_model_over_adb_parses_timings(tmp_path, monkeypatch, tiny_vit
     monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
     monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
     monkeypatch.setenv("FAKE_BENCHMARK_LOG", str(tmp_path / "bm.log"))
-    url = f"adb://PHONE1?adb={fakes / 'adb'}&benchmark_model=/data/local/tmp/benchmark_model&timeout=60"
+    monkeypatch.setenv("EDGEVIT_ADB", str(fakes / "adb"))  # host programs come from the environment, never the URL
+    url = "adb://PHONE1?benchmark_model=/data/local/tmp/benchmark_model&timeout=60"
     result = transport_for(url).run(bundle.path, runs=7, warmup=2, threads=2, batch=1, inputs=check.numpy())
     data = result.data
     assert data["runs"] == 7 and data["mean_ms"] == 10.0 and data["p50_ms"] == 9.95 and data["min_ms"] == 9.0

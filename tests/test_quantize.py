@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_SWIN, VIT_C10, needs_shared, write_images
+from conftest import TINY_SWIN, TINY_VIT, VIT_C10, needs_shared, write_images
 from edgevit.models import load_model
 from edgevit.passes.lrp import linear_relevance, lrp_rules
 from edgevit.passes.quant_alloc import Layer, allocate, int4_block, quant_error
@@ -125,14 +125,14 @@ def test_activation_outlier_clipping_changes_the_calibrated_ranges(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgevit.exporters.base import ExportContext
+    from edgevit.exporters.base import ExportContext, LoweringPlan
     from edgevit.exporters.onnx import export_onnx_graph
     from edgevit.exporters.quantize_onnx import linear_nodes, quantize_graph
 
     loaded = load_model("test_vit")
     x = torch.randn(16, *loaded.input_size)
     x[0, :, :8, :8] *= 50  # a few outlier pixels
-    graph = export_onnx_graph(loaded.model, ExportContext(example_input=x[:2]), 18)
+    graph = export_onnx_graph(loaded.model, ExportContext(example_input=x[:2]), LoweringPlan(opset=18))
     plan = dict.fromkeys(linear_nodes(onnx.load(str(graph))), "int8")
     scales = {}
     for label, pct in (("minmax", None), ("clipped", 99.0)):
@@ -149,12 +149,12 @@ def test_lowering_touches_only_the_planned_layers(tmp_path):
     import onnx
     from onnx import helper
 
-    from edgevit.exporters.base import ExportContext
+    from edgevit.exporters.base import ExportContext, LoweringPlan
     from edgevit.exporters.onnx import export_onnx_graph
     from edgevit.exporters.quantize_onnx import linear_nodes, quantize_graph
 
     loaded = load_model("test_vit")
-    graph = export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 21)
+    graph = export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), LoweringPlan(opset=21))
     nodes = linear_nodes(onnx.load(str(graph)))
     names = sorted(nodes)
     plan = {names[0]: "fp32", names[1]: "int4", names[2]: "int4", **{n: "int8" for n in names[3:]}}
@@ -171,3 +171,119 @@ def test_lowering_touches_only_the_planned_layers(tmp_path):
         assert helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type).name == "int4"
     assert blocks == {names[1]: 16, names[2]: 32}
     assert not any(n.metadata_props for n in model.graph.node)
+
+
+def _lowered_tiny(tmp_path, model_name=TINY_VIT[0], model_args=None, **options):
+    """A tiny model's fp32 graph lowered with every governed Linear at int8 (the classifier
+    excluded, as the quantize pass plans it); returns (onnx model, plan, fp32 graph path)."""
+    import onnx
+
+    from edgevit.exporters.base import ExportContext, LoweringPlan
+    from edgevit.exporters.onnx import export_onnx_graph
+    from edgevit.exporters.quantize_onnx import quantize_graph
+
+    loaded = load_model(model_name, model_args=model_args or {})
+    graph = export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), LoweringPlan(opset=18))
+    plan = dict.fromkeys(governed_layers(loaded.model, []), "int8")
+    out = tmp_path / "int8.onnx"
+    quantize_graph(graph, out, plan, {}, torch.randn(8, *loaded.input_size).numpy(), **options)
+    return onnx.load(str(out)), plan, graph
+
+
+def _graph_maps(model):
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producers, consumers, {i.name: i for i in model.graph.initializer}
+
+
+def _int8_weight(dq, inits, axis):
+    """A weight DequantizeLinear: int8 initializer, zero points all 0, one scale per output channel."""
+    from onnx import helper, numpy_helper
+
+    weight, scale, zero = (inits[name] for name in dq.input[:3])
+    assert helper.tensor_dtype_to_np_dtype(weight.data_type).name == "int8"
+    assert not numpy_helper.to_array(zero).any()  # symmetric
+    assert list(numpy_helper.to_array(scale).shape) == [weight.dims[axis]]
+    assert next(a.i for a in dq.attribute if a.name == "axis") == axis
+
+
+def test_int8_lowering_places_qdq_where_the_runtimes_fuse(tmp_path):
+    """Q/DQ on the inputs of every planned Linear and of the patch embedding, per-channel
+    symmetric int8 weights, no re-quantized layer outputs, the classifier and LayerNorm float."""
+    model, plan, _ = _lowered_tiny(tmp_path)
+    producers, consumers, inits = _graph_maps(model)
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in producers
+               and producers[n.input[1]].op_type == "DequantizeLinear" and producers[n.input[1]].input[0] in inits]
+    assert len(matmuls) == len(plan)
+    for node in matmuls:
+        act = producers[node.input[0]]
+        assert act.op_type == "DequantizeLinear" and producers[act.input[0]].op_type == "QuantizeLinear"
+        _int8_weight(producers[node.input[1]], inits, axis=1)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert producers[conv.input[0]].op_type == "DequantizeLinear"
+    _int8_weight(producers[conv.input[1]], inits, axis=0)
+    for node in model.graph.node:  # nothing re-quantizes what a quantized layer computes
+        if node.op_type in ("MatMul", "Conv", "Gemm"):
+            assert not any(c.op_type == "QuantizeLinear" for c in consumers.get(node.output[0], []))
+    head = next(n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in inits)
+    assert inits[head.input[1]].data_type == 1  # the classifier keeps float weights
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert producers[node.input[0]].op_type != "DequantizeLinear"
+
+
+def test_symmetric_activation_form_has_zero_points_of_zero(tmp_path):
+    from onnx import helper, numpy_helper
+
+    model, _, _ = _lowered_tiny(tmp_path, symmetric_activations=True)
+    _, _, inits = _graph_maps(model)
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantizers
+    for q in quantizers:
+        zero = inits[q.input[2]]
+        assert helper.tensor_dtype_to_np_dtype(zero.data_type).name == "int8" and not numpy_helper.to_array(zero).any()
+
+
+@pytest.mark.parametrize("family", [TINY_VIT, TINY_SWIN])
+def test_attention_scores_form_quantizes_both_inputs_of_qk_only(tmp_path, family):
+    import onnx
+
+    from edgevit.exporters.quantize_onnx import attention_score_nodes
+
+    model, _, graph = _lowered_tiny(tmp_path, family[0], family[1], attention_scores=True)
+    depth = sum(1 for name, _ in load_model(family[0], model_args=family[1]).model.named_modules() if name.endswith(".attn"))
+    scores = attention_score_nodes(onnx.load(str(graph), load_external_data=False))
+    assert len(scores) == depth
+    producers, _, _ = _graph_maps(model)
+    by_name = {n.name: n for n in model.graph.node}
+    for name in scores:
+        assert all(producers[i].op_type == "DequantizeLinear" for i in by_name[name].input)
+    for node in model.graph.node:  # A·V: its softmax input stays float
+        if node.op_type == "MatMul" and producers.get(node.input[0]) is not None and producers[node.input[0]].op_type == "Softmax":
+            assert node.name not in scores
+
+
+def test_openvino_runs_the_lowered_layers_in_int8(tmp_path):
+    """What OpenVINO's CPU plugin makes of the graph: every governed Linear and the patch
+    embedding execute as integer kernels, the classifier in float."""
+    import openvino as ov
+
+    from edgevit.exporters.quantize_onnx import strip_metadata
+
+    model, plan, _ = _lowered_tiny(tmp_path)
+    strip_metadata(model)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1"})
+    kinds = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+        if layer in ("FullyConnected", "Convolution"):
+            kinds.setdefault(layer, []).append(precision)
+    assert kinds["Convolution"] == ["u8"]
+    assert sorted(kinds["FullyConnected"]).count("f32") == 1  # the classifier
+    assert sum(p in ("u8", "i8") for p in kinds["FullyConnected"]) == len(plan)

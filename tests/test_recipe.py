@@ -5,7 +5,8 @@ import pytest
 
 from edgevit import resources
 from edgevit.errors import RecipeError
-from edgevit.passes.base import PASS_REGISTRY, PassConfig, PassRecord
+from edgevit.passes.base import PassConfig, PassRecord
+from edgevit.passes.specs import PassSpec, register_spec, unregister_spec
 from edgevit.recipe import load_recipe
 
 
@@ -70,11 +71,17 @@ class _ScalePass:
         return model
 
 
+class _ScaleSpec(PassSpec):
+    kind = "test-scale"
+    config_type = _ScaleConfig
+    implementation = f"{__name__}:_ScalePass"
+
+
 @pytest.fixture
 def scale_pass():
-    PASS_REGISTRY[_ScalePass.kind] = _ScalePass
+    register_spec(_ScaleSpec)
     yield _ScalePass
-    del PASS_REGISTRY[_ScalePass.kind]
+    unregister_spec(_ScaleSpec.kind)
 
 
 def test_pass_blocks_are_validated_by_their_registered_config(write_recipe, scale_pass):

@@ -13,7 +13,7 @@ from edgevit.profiling import LocalTransport, runner_module
 from edgevit.profiling.executed import executed_precision
 
 RUNNER = resources.runner_script()
-ALLOWED_IMPORTS = {"argparse", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource", "re", "shlex",
+ALLOWED_IMPORTS = {"argparse", "importlib", "json", "os", "platform", "sys", "time", "numpy", "tempfile", "resource", "re", "shlex",
                    "shutil", "subprocess",
                    "onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime", "__future__"}
 
@@ -64,7 +64,7 @@ def test_local_transport_runs_bare_onnx_and_returns_outputs(matmul_onnx):
     assert data["runtime"] == "onnxruntime" and data["runs"] == 5 and data["batch"] == 2
     assert data["p50_ms"] > 0 and data["cpu_time_ms"] >= 0 and data["peak_rss_mb"] > 0
     assert set(data["executed"]["compute_ops"]) <= {"MatMul", "Gemm", "FusedMatMul"}
-    assert executed_precision("onnx", data["executed"]) == "fp32"
+    assert data["executed"]["precision"] == "fp32"
 
 
 def test_openvino_ir_through_the_runner(matmul_onnx, tmp_path):
@@ -76,7 +76,7 @@ def test_openvino_ir_through_the_runner(matmul_onnx, tmp_path):
     result = LocalTransport().run(tmp_path / "model.xml", runs=3, warmup=0, threads=1, batch=1, inputs=x)
     np.testing.assert_allclose(next(iter(result.outputs.values())), x @ w + b, rtol=1e-5)
     assert result.data["runtime"] == "openvino"
-    assert executed_precision("openvino", result.data["executed"]) == "fp32"
+    assert result.data["executed"]["precision"] == "fp32"
 
 
 def test_runner_reports_errors_as_json(tmp_path):
@@ -97,8 +97,15 @@ def test_runner_does_not_import_torch(matmul_onnx):
 
 
 def test_executed_precision_from_what_ran():
-    assert executed_precision("onnx", {"compute_ops": {"MatMulInteger": 3, "MatMul": 1}}) == "mixed(fp32,int8)"
-    assert executed_precision("onnx", {"compute_ops": {"MatMulNBits": 3}}) == "int4"
-    assert executed_precision("openvino", {"compute_ops": {"FullyConnected@bf16": 2}}) == "bf16"
-    assert executed_precision("openvino", {"compute_ops": {"FullyConnected@u8": 2}}) == "int8"
-    assert executed_precision("onnx", None) == "unknown"
+    """The runner names what ran; a runtime or a layer precision it cannot read is
+    "unknown", never a guess."""
+    runner = runner_module()
+    assert runner.executed_precision("onnxruntime", {"MatMulInteger": 3, "MatMul": 1}) == "mixed(fp32,int8)"
+    assert runner.executed_precision("onnxruntime", {"MatMulNBits": 3}) == "int4"
+    assert runner.executed_precision("openvino", {"FullyConnected@bf16": 2}) == "bf16"
+    assert runner.executed_precision("openvino", {"FullyConnected@u8": 2}) == "int8"
+    assert runner.executed_precision("openvino", {"FullyConnected@?": 2}) == "unknown"
+    assert runner.executed_precision("litert", {"FULLY_CONNECTED@int8": 1, "CONV_2D@fp32": 1}) == "mixed(fp32,int8)"
+    assert runner.executed_precision("some-new-runtime", {"Gemm": 1}) == "unknown"
+    assert runner.executed_precision("onnxruntime", None) == "unknown"
+    assert executed_precision(None) == "unknown" and executed_precision({"precision": "int8"}) == "int8"

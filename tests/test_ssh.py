@@ -34,7 +34,7 @@ def bundle(tmp_path_factory):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
                               [numpy_helper.from_array(w, "W")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), d / "model.onnx")
-    (d / "bundle.json").write_text(json.dumps({"format": "onnx", "model_file": "model.onnx", "files": ["model.onnx"],
+    (d / "bundle.json").write_text(json.dumps({"schema_version": 1, "format": "onnx", "model_file": "model.onnx", "files": ["model.onnx"],
                                                "session_options": {}}))
     return d, w
 
@@ -63,6 +63,8 @@ def test_ssh_errors_are_clear(sshd, bundle, tmp_path):
             folder, runs=1, warmup=0, threads=1, batch=1)
     with pytest.raises(EdgevitError, match="unknown option"):
         transport_for(sshd + "&colour=blue")
+    with pytest.raises(EdgevitError, match="EDGEVIT_SSH_IDENTITY"):  # a key file is never chosen by the URL
+        transport_for(sshd + "&identity=/etc/passwd")
 
 
 def test_cli_profile_over_ssh(cli, sshd, bundle):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgevit.errors import RecipeError
-from edgevit.exporters.base import ExportContext
+from edgevit.exporters.base import ExportContext, LoweringPlan
 from edgevit.exporters.onnx import export_onnx_graph
 from edgevit.exporters.tensorrt_lint import lint, release_for
 from edgevit.models import load_model
@@ -17,7 +17,7 @@ from edgevit.passes.tokens import TomeConfig, TomePass
 @pytest.fixture(scope="module")
 def vit_graph():
     loaded = load_model("test_vit")
-    return export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 18)
+    return export_onnx_graph(loaded.model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), LoweringPlan(opset=18))
 
 
 def test_release_tables():
@@ -37,7 +37,8 @@ def test_lint_follows_each_release(vit_graph):
 def test_merge_form_decides_scatter_reduction_finding(form, flagged):
     loaded = load_model("test_vit")
     model, _ = TomePass().apply(loaded.model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
-    graph = export_onnx_graph(model, ExportContext(example_input=torch.randn(2, *loaded.input_size)), 17, {"tome": form})
+    graph = export_onnx_graph(model, ExportContext(example_input=torch.randn(2, *loaded.input_size)),
+                              LoweringPlan(opset=17, forms={"tome": form}))
     found = [f for f in lint(graph, "8.6") if f["op"] == "ScatterElements"]
     assert bool(found) == flagged and all("needs TensorRT >= 10" in f["message"] for f in found)
 
@@ -50,13 +51,14 @@ def test_compress_writes_build_spec_and_fails_on_lint(cli, write_recipe, tmp_pat
     artifact = report["artifacts"][0]
     assert artifact["lint"]["passed"] and artifact["executed_precision"] == "not run here"
     spec = json.loads((tmp_path / "ok" / artifact["path"] / "bundle.json").read_text())["tensorrt"]
-    assert "--shapes=input:1x3x160x160" in spec["trtexec"] and "--noTF32" in spec["trtexec"] and not spec["engine_reproducible"]
+    assert spec["shapes"] == {"input": [1, 3, 160, 160]} and spec["precision_flags"] == ["noTF32"]
+    assert "trtexec" not in spec and not spec["engine_reproducible"]  # fields, never a command line
     jetpack5 = tmp_path / "jetson-xavier-trt85.yaml"
     jetpack5.write_text("name: jp5\nformat: onnx\nruntime: tensorrt\nruntime_version: '8.5'\nopset: 18\n"
                         "precisions: [fp32]\nlocal_standin: onnxruntime\n")
     result = cli("compress", "--recipe", write_recipe(recipe.read_text().replace("x86-tensorrt", str(jetpack5)), "jp5.yaml"),
                  "--out", tmp_path / "bad")
-    assert result.exit_code == 4 and "TensorRT 8.5 lint" in result.output and not (tmp_path / "bad").exists()
+    assert result.exit_code == 4 and "tensorrt 8.5 lint" in result.output.lower() and not (tmp_path / "bad").exists()
 
 
 def test_runner_tensorrt_path_against_a_fake_trtexec(cli, write_recipe, tmp_path, monkeypatch):
@@ -80,7 +82,8 @@ def test_runner_tensorrt_path_against_a_fake_trtexec(cli, write_recipe, tmp_path
     assert result.data["runs"] == 5 and result.data["p50_ms"] == pytest.approx(1.02)
     assert result.outputs["logits"].shape == (2, 7)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert "--saveEngine=model.engine" in calls[0] and "--noTF32" in calls[0]  # built on the device from the spec
+    assert calls[0] == ["--onnx=model.onnx", "--saveEngine=model.engine", "--shapes=input:1x3x160x160",
+                        "--memPoolSize=workspace:2048M", "--timingCacheFile=timing.cache", "--noTF32"]  # built from the spec
     assert any(a.startswith("--loadInputs=input:") for a in calls[1]) and "--exportOutput=outputs.json" in calls[1]
     assert "--iterations=5" in calls[-1] and "--exportTimes=times.json" in calls[-1]
     monkeypatch.setenv("EDGEVIT_TRTEXEC", str(tmp_path / "missing"))

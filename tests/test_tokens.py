@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_SWIN
 from edgevit.errors import EdgevitError, ModelError
-from edgevit.exporters.base import ExportContext
+from edgevit.exporters.base import ExportContext, LoweringPlan
 from edgevit.exporters.onnx import export_onnx_graph
 from edgevit.models import load_model, load_model_folder, save_model_folder
 from edgevit.passes.base import PassContext
@@ -112,7 +112,7 @@ def test_tome_exports_in_both_forms_with_dynamic_batch(form):
     loaded = load_model("test_vit")
     model, _ = _apply(loaded, TomePass, TomeConfig(r=8))
     x = torch.randn(3, *loaded.input_size)
-    path = export_onnx_graph(model, ExportContext(example_input=x), 18, {"tome": form})
+    path = export_onnx_graph(model, ExportContext(example_input=x), LoweringPlan(opset=18, forms={"tome": form}))
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ("ScatterElements" in ops) == (form == "scatter")
     session = ort.InferenceSession(str(path))

@@ -6,6 +6,7 @@ and runtimes carry over roughly, the milliseconds do not.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ def _artifacts(model: nn.Module, x: torch.Tensor, calib: torch.Tensor, work: Pat
     plan = int8_plan(model)
     paths = {f"litert {p}": convert_tflite(model, p, x, work / f"{p}.tflite", calib, plan) for p in ("fp32", "fp16", "int8")}
     ectx = ExportContext(example_input=x, calibration=_Images(calib))
-    paths["onnxruntime fp32"] = export_onnx_graph(model, ectx, 18)
-    paths["onnxruntime int8"] = lowered_onnx_graph(model, plan, ectx, 18)
+    paths["onnxruntime fp32"] = export_onnx_graph(model, ectx, LoweringPlan(opset=18))
+    paths["onnxruntime int8"] = lowered_onnx_graph(model, dataclasses.replace(plan, opset=18), ectx)
     return paths
 
 

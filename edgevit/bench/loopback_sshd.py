@@ -28,7 +28,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def loopback_sshd(python: str = sys.executable) -> Iterator[str]:
-    """Yields an ssh:// target URL for root@127.0.0.1:<high port>; stops sshd by its PID."""
+    """Yields an ssh:// target URL for root@127.0.0.1:<high port>, with EDGEVIT_SSH_IDENTITY and
+    EDGEVIT_SSH_KNOWN_HOSTS set to its generated files meanwhile; stops sshd by its PID."""
     with tempfile.TemporaryDirectory(prefix="edgevit-sshd-") as tmp:
         d = Path(tmp)
         for name in ("host", "client"):
@@ -47,8 +48,17 @@ def loopback_sshd(python: str = sys.executable) -> Iterator[str]:
                     if s.connect_ex(("127.0.0.1", port)) == 0:
                         break
                 time.sleep(0.1)
-            yield (f"ssh://root@127.0.0.1:{port}?identity={d / 'client'}&known_hosts={d / 'known_hosts'}"
-                   f"&python={python}&timeout=300")
+            # the key and known_hosts are this machine's files: they come from the environment, never the URL
+            saved = {k: os.environ.get(k) for k in ("EDGEVIT_SSH_IDENTITY", "EDGEVIT_SSH_KNOWN_HOSTS")}
+            os.environ.update(EDGEVIT_SSH_IDENTITY=str(d / "client"), EDGEVIT_SSH_KNOWN_HOSTS=str(d / "known_hosts"))
+            try:
+                yield f"ssh://root@127.0.0.1:{port}?python={python}&timeout=300"
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         finally:
             proc.terminate()
             proc.wait(timeout=10)

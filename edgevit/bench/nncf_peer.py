@@ -17,7 +17,6 @@ from edgevit.bench.runs import compress_run
 from edgevit.calibration import resolve_calibration
 from edgevit.data import scan_image_folder
 from edgevit.profiling import runner_module
-from edgevit.profiling.executed import executed_precision
 from edgevit.recipe import CalibrationSpec
 
 # share of weights at int4 (the rest int8) giving the same nominal average bits as the LRP rows
@@ -53,7 +52,7 @@ def nncf_section(ctx: BenchContext) -> dict[str, Any]:
             session = runner.open_artifact(str(out), 2)
             acc = measure_top1({"ov": artifact_predictor(session, "logits")}, scan_image_folder(test), EVAL_N,
                                report["recipe"]["seed"], cfg, 250, labels)
-            executed = executed_precision("openvino", session.executed({}))
+            executed = runner.executed_precision("openvino", session.executed({}).get("compute_ops"))
             size = sum(p.stat().st_size for p in (out / "model.xml", out / "model.bin"))
             rows.append([name, f"NNCF {bits} bits (int4 ratio {ratio})", f"{size / 1e6:.2f}", f"{acc['top1']['ov']:.4f}", executed])
             results[f"{name}-{bits}"] = {"top1": acc["top1"]["ov"], "size_bytes": size, "executed": executed}

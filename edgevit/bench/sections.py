@@ -8,6 +8,7 @@ from edgevit.bench import targets  # noqa: F401
 from edgevit.bench import exits  # noqa: F401
 from edgevit.bench import litert  # noqa: F401
 from edgevit.bench import pareto  # noqa: F401
+from edgevit.bench import tune  # noqa: F401
 from edgevit.bench.context import SECTIONS, BenchContext
 
 __all__ = ["SECTIONS", "BenchContext"]

@@ -1,9 +1,9 @@
 """Exporters lower the compressed PyTorch model to one runtime's artifact bundle.
 
-Runtime modules (onnx, openvino, ...) are imported lazily inside each exporter, so
-importing edgevit never imports a runtime.
+Each runtime's declaration (runtimes/<name>.yaml) names the exporter class that writes its
+bundles; exporters and their runtime modules are imported only when used, so importing
+edgevit never imports a runtime.
 """
-from edgevit.exporters import litert as _litert, onnx as _onnx, openvino as _openvino  # noqa: F401  (register)
-from edgevit.exporters.base import EXPORTERS, Bundle, ExportContext, Exporter, LoweringPlan, TargetProfile, load_profile
+from edgevit.exporters.base import Bundle, ExportContext, Exporter, LoweringPlan, TargetProfile, load_profile
 
-__all__ = ["EXPORTERS", "Bundle", "ExportContext", "Exporter", "LoweringPlan", "TargetProfile", "load_profile"]
+__all__ = ["Bundle", "ExportContext", "Exporter", "LoweringPlan", "TargetProfile", "load_profile"]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from edgevit.errors import ExportError, RecipeError
-from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.base import (Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported,
+                                    export_forms_applied)
 
 MODEL_FILE = "model.tflite"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # names the bundle gives; the .tflite keeps its own signature names
@@ -102,7 +103,8 @@ def convert_tflite(model: nn.Module, precision: str, example: torch.Tensor, out:
         with _quiet(), torch.no_grad():
             if precision == "int8":
                 if calibration is None:
-                    raise ExportError("int8 LiteRT export needs calibration images")
+                    raise ExportError("int8 LiteRT export needs calibration images",
+                                      "pass --calib-data DIR (or --allow-synthetic-calibration for a latency-only run)")
                 graph, quant = _int8_quantized(model, plan or LoweringPlan(), example, calibration)
                 edge = litert_torch.convert(graph, (example,), quant_config=quant)
             elif precision == "fp16":
@@ -132,12 +134,13 @@ def _io_spec(path: Path) -> tuple[list[dict], list[dict]]:
     return describe(it.get_input_details()), describe(it.get_output_details())
 
 
-@register_exporter
 class LiteRtExporter:
     format = "litert"
+    reproducible = True  # same model + plan + calibration -> same .tflite bytes (tests/test_litert.py)
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
+        plan = plan.for_profile(profile)
         if plan.cascade is not None:  # one .tflite would silently drop the exits
             raise ExportError(f"{profile.name}: early-exit cascades are exported for ONNX Runtime and OpenVINO only",
                               "drop the LiteRT target from a recipe with an exits pass")
@@ -146,7 +149,8 @@ class LiteRtExporter:
         example = ctx.example_input[:1].expand(batch, *ctx.example_input.shape[1:]).contiguous()
         calibration = ctx.calibration.images(ctx.preprocessing) if precision == "int8" else None
         out_dir.mkdir(parents=True, exist_ok=True)
-        convert_tflite(model, precision, example, out_dir / MODEL_FILE, calibration, plan)
+        with export_forms_applied(model, plan):
+            convert_tflite(model, precision, example, out_dir / MODEL_FILE, calibration, plan)
         inputs, outputs = _io_spec(out_dir / MODEL_FILE)
         options = {"batch": batch, "delegate": "xnnpack", **profile.session_options}
         data = bundle_data(profile, ctx, precision, MODEL_FILE, [MODEL_FILE], inputs, outputs, options)

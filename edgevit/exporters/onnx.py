@@ -2,40 +2,39 @@
 that other exporters (OpenVINO) convert from."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from edgevit.capabilities import runtime
 from edgevit.errors import ExportError
-from edgevit.exporters.base import Bundle, reference_model_entry, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, export_forms_applied
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GB cap, with margin: above it, external data
 
 
-def export_onnx_graph(model: nn.Module, ctx: ExportContext, opset: int, forms: dict[str, str] | None = None) -> Path:
-    """fp32 ONNX with a dynamic batch axis, exported once per (opset, export forms) per run.
+def export_onnx_graph(model: nn.Module, ctx: ExportContext, plan: LoweringPlan) -> Path:
+    """fp32 ONNX with a dynamic batch axis, exported once per (opset, export forms) per run:
+    the graph every ONNX-based runtime of the run converts from.
 
-    ``forms`` picks each pass's export form for the target (e.g. {"tome": "onehot"} for
-    TensorRT, which lacks ScatterElements with reduction before version 10)."""
-    forms = dict(forms or {})
-    key = f"onnx-fp32-opset{opset}-{json.dumps(forms, sort_keys=True)}"
+    The plan's export forms (e.g. ToMe's one-hot merge for TensorRT, which lacks
+    ScatterElements with reduction before version 10) are set only while tracing."""
+    key = f"onnx-fp32-{plan.graph_key()}"
     if key in ctx.cache:
         return ctx.cache[key]
-    import tempfile
-
-    from edgevit.passes.token_patch import set_merge_form
-
-    set_merge_form(model, forms.get("tome", "scatter"))
-
-    out = Path(tempfile.mkdtemp(prefix="edgevit-onnx-")) / "model.onnx"
+    out = ctx.scratch("onnx") / "model.onnx"
     # Batch 2 in the example: torch.export specialises a size-1 dimension to a constant.
     example = ctx.example_input[:1].expand(2, *ctx.example_input.shape[1:]).contiguous()
-    export_module(model, (example,), [INPUT_NAME], [OUTPUT_NAME], out, opset)
+    with export_forms_applied(model, plan):
+        export_module(model, (example,), [INPUT_NAME], [OUTPUT_NAME], out, plan.opset)
     ctx.cache[key] = out
     return out
 
@@ -47,7 +46,7 @@ def export_module(module: nn.Module, example: tuple[torch.Tensor, ...], input_na
     external = sum(p.numel() * p.element_size() for p in module.parameters()) > SINGLE_FILE_LIMIT
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_logs():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, example, dynamo=True, opset_version=opset, verbose=False,
@@ -63,25 +62,38 @@ def export_module(module: nn.Module, example: tuple[torch.Tensor, ...], input_na
     try:
         onnx.checker.check_model(str(out), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}",
+                          "try another opset in the export profile; if it persists, report it with the recipe") from None
 
 
-def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext, opset: int,
-                       forms: dict[str, str] | None = None) -> Path:
-    """The fp32 graph with the plan's quantized layers lowered (QDQ int8, blocked int4)."""
-    if any(p == "int4" for p in plan.layer_precision.values()):
-        opset = max(opset, 21)  # blocked int4 DequantizeLinear exists from opset 21
-    graph = export_onnx_graph(model, ctx, opset, forms)
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter's passes log every rewrite at INFO, which shows as soon as anything
+    (onnxruntime's MatMulNBits quantizer does, on import) configures the root logger at INFO."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext) -> Path:
+    """The fp32 graph with the plan's quantized layers lowered (QDQ int8, blocked int4);
+    ``plan`` is resolved for the target (``LoweringPlan.for_profile``)."""
+    graph = export_onnx_graph(model, ctx, plan)
     if not plan.quantized:
         return graph
-    symmetric = (forms or {}).get("int8_activations") == "symmetric"
+    symmetric = plan.symmetric_activations
     key = f"{graph}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}-{symmetric}"
     if key in ctx.cache:
         return ctx.cache[key]
     from edgevit.exporters.quantize_onnx import quantize_graph
 
-    out = graph.parent / f"lowered-{len([k for k in ctx.cache if 'lowered' in k])}" / "model.onnx"
-    out.parent.mkdir()
+    out = ctx.scratch("lowered") / "model.onnx"
     calibration = None
     if any(p == "int8" for p in plan.layer_precision.values()):
         calibration = ctx.calibration.images(ctx.preprocessing).numpy()
@@ -111,65 +123,56 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     return describe(graph.input), describe(graph.output)
 
 
-@register_exporter
 class OnnxExporter:
     format = "onnx"
+    reproducible = True  # same model + plan + calibration -> same bytes (tests/test_cli.py)
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
+        plan = plan.for_profile(profile)
         if plan.cascade is not None:
             return self._export_cascade(model, plan, profile, ctx, out_dir)
-        graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
+        graph = lowered_onnx_graph(model, plan, ctx)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for src in sorted(graph.parent.iterdir()):  # model.onnx (+ external data if any)
             shutil.copy2(src, out_dir / src.name)
             files.append(src.name)
         inputs, outputs = onnx_io(out_dir / "model.onnx")
-        options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
-        data = bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, options)
-        if profile.runtime == "tensorrt":
-            data["tensorrt"] = engine_build_spec(profile, plan, inputs)
+        data = bundle_data(profile, ctx, plan.summary_precision, "model.onnx", files, inputs, outputs, _options(profile))
+        data.update(runtime(profile.runtime).device_build_fields(profile, plan, inputs))
         return Bundle(out_dir, data).write()
 
     @staticmethod
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
-        from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
+        from edgevit.exporters.cascade_graphs import write_cascade_bundle
 
-        if profile.runtime == "tensorrt":
-            raise ExportError(f"{profile.name}: cascades are exported for ONNX Runtime and OpenVINO only",
-                              "drop this export profile from a recipe with an exits pass")
-        paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path, stage in zip(paths, manifest["stages"]):
-            shutil.copy2(path, out_dir / path.name)
-            stage["file"] = path.name
-        inputs, _ = onnx_io(out_dir / paths[0].name)
-        outputs = [{"name": s["name"]} for s in manifest["stages"]]
-        options = {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
-        reference = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)  # same precision, no exits
-        shutil.copy2(reference, out_dir / "reference.onnx")
-        files = [p.name for p in paths] + ["reference.onnx"]
-        data = bundle_data(profile, ctx, plan.summary_precision, paths[0].name, files, inputs, outputs, options)
-        data["cascade"] = manifest
-        data["reference_model"] = reference_model_entry(["reference.onnx"])
-        return Bundle(out_dir, data).write()
+        def copy(graph: Path, stem: str) -> list[str]:
+            shutil.copy2(graph, out_dir / f"{stem}.onnx")
+            return [f"{stem}.onnx"]
+
+        return write_cascade_bundle(model, plan, profile, ctx, out_dir, copy, _options(profile))
+
+
+def _options(profile: TargetProfile) -> dict:
+    return {"graph_optimization_level": "ORT_ENABLE_ALL", **profile.session_options}
 
 
 def engine_build_spec(profile: TargetProfile, plan: LoweringPlan, inputs: list[dict]) -> dict:
+    """The device-build hook runtimes/tensorrt.yaml declares: bundle.json's ``tensorrt`` block."""
+    return {"tensorrt": _trtexec_fields(profile, plan, inputs)}
+
+
+def _trtexec_fields(profile: TargetProfile, plan: LoweringPlan, inputs: list[dict]) -> dict:
     """How the device builds the engine (engines are device- and version-specific: built
-    where they run, never here). The runner on the device executes `trtexec` with it."""
+    where they run, never here). Structured fields only, no command line: the runner builds
+    trtexec's arguments from them through an allow-list (runtimes/runner.py,
+    ``trtexec_build_args``), so a bundle cannot hand trtexec a plugin library or an output path."""
     options = profile.session_options
     # fp32 parity needs TF32 off on Ampere+; int8 comes from the graph's explicit Q/DQ nodes
-    flags = {"fp32": ["--noTF32"], "fp16": ["--fp16"], "int8": ["--int8"]}.get(plan.summary_precision, ["--int8", "--fp16"])
+    flags = {"fp32": ["noTF32"], "fp16": ["fp16"], "int8": ["int8"]}.get(plan.summary_precision, ["int8", "fp16"])
     batch = int(options.get("batch", 1))
     shapes = {i["name"]: [batch if not isinstance(d, int) else d for d in i["shape"]] for i in inputs}
-    shape_arg = ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes.items())
-    workspace = int(options.get("workspace_mib", 1024))
-    cmd = ["trtexec", "--onnx=model.onnx", "--saveEngine=model.engine", f"--shapes={shape_arg}",
-           f"--memPoolSize=workspace:{workspace}M", "--timingCacheFile=timing.cache", *flags]
-    if options.get("dla_core") is not None:
-        cmd += [f"--useDLACore={options['dla_core']}", "--allowGPUFallback"]
-    return {"version": profile.runtime_version, "precision_flags": flags, "shapes": shapes, "workspace_mib": workspace,
-            "timing_cache": "timing.cache", "dla_core": options.get("dla_core"), "trtexec": " ".join(cmd),
-            "engine_reproducible": False}
+    return {"version": profile.runtime_version, "precision_flags": flags, "shapes": shapes,
+            "workspace_mib": int(options.get("workspace_mib", 1024)), "timing_cache": "timing.cache",
+            "dla_core": options.get("dla_core"), "engine_reproducible": False}

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from edgevit.errors import ExportError
-from edgevit.exporters.base import Bundle, reference_model_entry, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported, register_exporter
+from edgevit.exporters.base import Bundle, ExportContext, LoweringPlan, TargetProfile, bundle_data, check_plan_supported
 from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
 
 # OpenVINO's CPU plugin runs "fp32" models in bf16 on AVX-512 BF16 machines unless told
@@ -15,15 +15,16 @@ from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
 INFERENCE_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
-@register_exporter
 class OpenvinoExporter:
     format = "openvino"
+    reproducible = True  # same model + plan + calibration -> same bytes (tests/test_cli.py)
 
     def export(self, model: nn.Module, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         check_plan_supported(plan, profile)
+        plan = plan.for_profile(profile)
         if plan.cascade is not None:
             return self._export_cascade(model, plan, profile, ctx, out_dir)
-        graph = lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms)
+        graph = lowered_onnx_graph(model, plan, ctx)
         out_dir.mkdir(parents=True, exist_ok=True)
         _convert(graph, out_dir / "model.xml", plan)
         inputs, outputs = onnx_io(graph)
@@ -32,23 +33,13 @@ class OpenvinoExporter:
 
     @staticmethod
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
-        from edgevit.exporters.cascade_graphs import cascade_onnx_graphs
+        from edgevit.exporters.cascade_graphs import write_cascade_bundle
 
-        paths, manifest = cascade_onnx_graphs(model, plan, ctx, profile.opset, profile.export_forms)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = []
-        for path, stage in zip(paths, manifest["stages"]):
-            _convert(path, out_dir / f"{path.stem}.xml", plan)
-            stage["file"] = f"{path.stem}.xml"
-            files += [f"{path.stem}.xml", f"{path.stem}.bin"]
-        _convert(lowered_onnx_graph(model, plan, ctx, profile.opset, profile.export_forms), out_dir / "reference.xml", plan)
-        files += ["reference.xml", "reference.bin"]
-        inputs, _ = onnx_io(paths[0])
-        outputs = [{"name": s["name"]} for s in manifest["stages"]]
-        data = bundle_data(profile, ctx, plan.summary_precision, files[0], files, inputs, outputs, _options(profile, plan))
-        data["cascade"] = manifest
-        data["reference_model"] = reference_model_entry(["reference.xml", "reference.bin"])
-        return Bundle(out_dir, data).write()
+        def convert(graph: Path, stem: str) -> list[str]:
+            _convert(graph, out_dir / f"{stem}.xml", plan)
+            return [f"{stem}.xml", f"{stem}.bin"]
+
+        return write_cascade_bundle(model, plan, profile, ctx, out_dir, convert, _options(profile, plan))
 
 
 def _convert(graph: Path, xml: Path, plan: LoweringPlan) -> None:
@@ -60,7 +51,8 @@ def _convert(graph: Path, xml: Path, plan: LoweringPlan) -> None:
         # compress_to_fp16 defaults to True and would silently make an "fp32" IR fp16.
         ov.save_model(ov_model, str(xml), compress_to_fp16=plan.summary_precision == "fp16")
     except Exception as exc:
-        raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          "check the OpenVINO version in requirements.lock; if it persists, report it with the recipe") from None
 
 
 def _options(profile: TargetProfile, plan: LoweringPlan) -> dict:

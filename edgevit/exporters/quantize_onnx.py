@@ -1,41 +1,116 @@
 """Lowering a per-layer precision plan onto an fp32 ONNX graph with ONNX Runtime's tools.
 
-int8 layers: QDQ with static per-tensor uint8 activations (calibrated on the run's
-calibration images) and per-output-channel int8 weights, MatMul only (quantizing
-LayerNorm as well costs accuracy for no speed). int4 layers: opset-21 blocked int4
-DequantizeLinear -> MatMul, which ONNX Runtime fuses into MatMulNBits and OpenVINO runs
-as an i4 FullyConnected. Linear layers are found through the module path the dynamo
-exporter stores on each node (pkg.torch.onnx.name_scopes), so the plan's PyTorch names
-address the graph exactly; a planned layer missing from the graph is an error.
+int8 layers: QDQ placed where OpenVINO's low-precision transformations and ONNX Runtime's
+QDQ fusions turn it into integer kernels (the placement NNCF's transformer preset gives
+OpenVINO, checked node by node against it):
+- Q/DQ on the *inputs* of each planned Linear (MatMul) and of the stem convolution (the
+  patch embedding: a Linear over patches), never on their outputs. An output Q/DQ would
+  re-quantize the fp32 accumulator before the bias Add: OpenVINO then runs the layer with
+  an int8 output plus a dequantizing step and ORT a QLinearMatMul + DequantizeLinear
+  (slower in both, and one more rounding). Without it ORT fuses MatMulIntegerToFloat (+
+  bias) and OpenVINO folds bias, GELU and the next layer's quantization into the layer.
+- weights: int8 initializers, symmetric (zero point 0), one scale per output channel.
+- activations: static, per tensor, calibrated on the run's calibration images; uint8
+  asymmetric (ORT's fastest u8s8 kernels on x86) or int8 symmetric where the profile asks
+  for it (``int8_activations: symmetric``: TensorRT needs zero points of 0; OpenVINO's
+  int8 FullyConnected skips the zero-point compensation).
+- LayerNorm, softmax, GELU and the classifier stay float: quantizing them costs accuracy
+  for no speed. ``attention_scores=True`` also quantizes both inputs of the attention score
+  matmul (QK^T); measured slower or equal on AVX2 in both runtimes (OpenVINO keeps its
+  float MHA kernel around the Q/DQ), so no shipped profile asks for it.
+int4 layers: opset-21 blocked int4 DequantizeLinear -> MatMul, which ONNX Runtime fuses
+into MatMulNBits and OpenVINO runs as an i4 FullyConnected.
+
+Layers are found through the module path the dynamo exporter stores on each node
+(pkg.torch.onnx.name_scopes), so the plan's PyTorch names address the graph exactly; a
+planned layer missing from the graph is an error.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
+import re
 import logging
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from edgevit.errors import ExportError
 
-INT8_AXIS = {"MatMul": 1}  # MatMul weights are [in, out]: one scale per output channel
+# MatMul weights are [in, out]: one scale per output channel is axis 1 (Conv: axis 0, ORT's default)
+INT8_AXIS = {"MatMul": 1}
+INT8_OPS = ["MatMul", "Conv"]
+# ops between QK^T and its Softmax (scale, Swin's relative-position bias and window mask)
+_SCORE_PATH_OPS = {"Mul", "Div", "Add", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Where"}
+_SCORE_PATH_HOPS = 8
+
+
+def _module_path(node) -> list[str] | None:
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    return ast.literal_eval(scopes) if scopes else None
+
+
+def _weight_owner(scope: str, node) -> str:
+    """The module whose weight the node multiplies: its innermost module scope, or a child of
+    it when that module applies the child's weight with F.linear (Swin v2 and Eva qkv, with a
+    concatenated q/v bias), read from the exporter's FX node text, whose weight placeholder is
+    ``p_`` + the weight's path with dots as underscores."""
+    fx = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.fx_node"), "")
+    match = re.search(r"aten\.linear\.default\]\(args = \(%\w+, %p_(\w+)_weight\b", fx)
+    own = scope.replace(".", "_")
+    if match and match.group(1).startswith(own + "_"):
+        return f"{scope}.{match.group(1)[len(own) + 1:]}"
+    return scope
+
+
+def _weighted_nodes(model, op_type: str, module_prefix: str) -> dict[str, str]:
+    """Module path (minus ``module_prefix``) -> node, for ``op_type`` nodes with a constant weight."""
+    initializers = {i.name for i in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != op_type or node.input[1] not in initializers:
+            continue
+        path = _module_path(node)
+        if path and len(path) >= 2 and path[-2].startswith(module_prefix):
+            found[_weight_owner(path[-2], node)[len(module_prefix):]] = node.name
+    return found
 
 
 def linear_nodes(model, module_prefix: str = "") -> dict[str, str]:
     """Module path of each Linear (as the dynamo exporter names it, minus ``module_prefix``:
     a cascade stage wraps the model as ``model``) -> its MatMul node."""
-    initializers = {i.name for i in model.graph.initializer}
-    found = {}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in initializers:
+    return _weighted_nodes(model, "MatMul", module_prefix)
+
+
+def conv_nodes(model, module_prefix: str = "") -> dict[str, str]:
+    """Module path of each convolution with constant weights (the patch embedding) -> its node."""
+    return _weighted_nodes(model, "Conv", module_prefix)
+
+
+def attention_score_nodes(model) -> list[str]:
+    """MatMuls of two activations whose result reaches a Softmax through scale / bias / mask
+    ops only: the attention scores QK^T (not A·V, whose input is the softmax itself)."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    found = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[0] in constants or node.input[1] in constants:
             continue
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if scopes:
-            path = ast.literal_eval(scopes)
-            if len(path) >= 2 and path[-2].startswith(module_prefix):
-                found[path[-2][len(module_prefix):]] = node.name
+        frontier = [node.output[0]]
+        for _ in range(_SCORE_PATH_HOPS):
+            nxt = [c for t in frontier for c in consumers[t]]
+            if any(c.op_type == "Softmax" for c in nxt):
+                found.append(node.name)
+                break
+            frontier = [o for c in nxt if c.op_type in _SCORE_PATH_OPS for o in c.output]
+            if not frontier:
+                break
     return found
 
 
@@ -70,34 +145,55 @@ class _Calibration:
         return next(self.batches, None)
 
 
+def int8_targets(model, layer_precision: dict[str, str], linear: dict[str, str], module_prefix: str = "",
+                 attention_scores: bool = False) -> tuple[list[str], list[str]]:
+    """Nodes whose inputs get Q/DQ: the planned int8 Linears; with any of them, the stem
+    convolution too (unless the plan names it fp32) and, if asked, the QK^T matmuls.
+    Returns (nodes, convolutions among them)."""
+    nodes = [linear[m] for m, p in layer_precision.items() if p == "int8"]
+    convs = []
+    if nodes:
+        convs = [n for m, n in conv_nodes(model, module_prefix).items() if layer_precision.get(m, "int8") == "int8"]
+        nodes += convs + (attention_score_nodes(model) if attention_scores else [])
+    return nodes, convs
+
+
 def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_blocks: dict[str, int],
                    calibration: np.ndarray | dict[str, np.ndarray] | None, input_name: str = "input",
                    clip_percentile: float | None = None, symmetric_activations: bool = False,
-                   module_prefix: str = "") -> dict[str, int]:
+                   module_prefix: str = "", attention_scores: bool = False) -> dict[str, int]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    nodes = linear_nodes(onnx.load(str(src), load_external_data=False), module_prefix)
+    exported = onnx.load(str(src), load_external_data=False)
+    nodes = linear_nodes(exported, module_prefix)
     missing = [m for m, p in layer_precision.items() if p in ("int8", "int4") and m not in nodes]
     if missing:
         raise ExportError(f"quantized layers not found in the exported graph: {', '.join(missing[:3])}",
                           "the exporter did not keep module names for these layers")
-    int8 = [nodes[m] for m, p in layer_precision.items() if p == "int8"]
+    int8, convs = int8_targets(exported, layer_precision, nodes, module_prefix, attention_scores)
+    # 7-bit convolution weights: x86 CPUs without VNNI (AVX2) multiply u8 x s8 pairs into a
+    # saturating int16 (vpmaddubsw), and OpenVINO's AVX2 int8 convolution then overflows on
+    # the image input (vit_tiny_c10: logit SQNR 37 -> 17 dB). Weights in [-64, 64] cannot
+    # saturate; NNCF's overflow fix does the same on the first layer. Costs one bit on one layer.
+    by_name = {n.name: n for n in exported.graph.node}
+    overrides = {by_name[c].input[1]: [{"reduce_range": True}] for c in convs}
     stage = dst.with_suffix(".int8.onnx")
     if int8:
         if calibration is None:
             raise ExportError("int8 activations need calibration images", "pass --calib-data DIR")
         with _quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger; we quantize the raw export on purpose
-                # uint8 activations are fastest in ORT on x86; TensorRT needs zero points of 0: int8, symmetric
             quantize_static(str(src), str(stage), _Calibration(calibration, input_name), quant_format=QuantFormat.QDQ,
                             per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                            op_types_to_quantize=["MatMul"], nodes_to_quantize=int8,
+                            op_types_to_quantize=INT8_OPS, nodes_to_quantize=int8,
                             # percentile calibration clips activation outliers; min/max keeps them
                             calibrate_method=CalibrationMethod.Percentile if clip_percentile else CalibrationMethod.MinMax,
-                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS, "ActivationSymmetric": symmetric_activations,
+                            extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS, "WeightSymmetric": True,
+                                           "ActivationSymmetric": symmetric_activations,
+                                           "OpTypesToExcludeOutputQuantization": INT8_OPS, "TensorQuantOverrides": overrides,
                                            **({"CalibPercentile": clip_percentile} if clip_percentile else {})})
     else:
         shutil.copy(src, stage)

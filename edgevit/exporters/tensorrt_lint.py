@@ -29,7 +29,8 @@ def _releases() -> dict[str, Any]:
 def release_for(version: str | None) -> str:
     """The table for a TensorRT version: 8.5, 8.6, or 10 for any 10.x."""
     if not version:
-        raise RecipeError("a TensorRT profile needs runtime_version (e.g. '10.3', '8.6', '8.5')")
+        raise RecipeError("a TensorRT profile needs runtime_version (e.g. '10.3', '8.6', '8.5')",
+                          "set runtime_version in the export profile to the TensorRT version on the device")
     major_minor = ".".join(version.split(".")[:2])
     if major_minor in _releases():
         return major_minor
@@ -84,3 +85,9 @@ def _check_quant(node, inits, entry, trt_version, error) -> None:
         name = {"int4": "INT4", "uint4": "UINT4", "int8": "INT8", "uint8": "UINT8"}.get(np.dtype(dtype).name, np.dtype(dtype).name.upper())
         if name not in entry["types"]:
             error(node.name, node.op_type, f"{name} weights are not parsed by TensorRT {trt_version} (supports {', '.join(entry['types'])})")
+
+
+def bundle_lint(model_path: Path, trt_version: str | None) -> dict[str, Any]:
+    """The lint as the report shows it (the hook runtimes/tensorrt.yaml declares)."""
+    findings = lint(model_path, trt_version)
+    return {"tensorrt_version": trt_version, "findings": findings[:50], "count": len(findings), "passed": not findings}

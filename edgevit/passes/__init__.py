@@ -1,5 +1,9 @@
-"""Compression passes. Each pass module registers itself in ``base.PASS_REGISTRY``."""
-from edgevit.passes import exits as _exits, prune as _prune, quantize as _quantize, tokens as _tokens  # noqa: F401  (register their kinds)
-from edgevit.passes.base import PASS_REGISTRY, Pass, PassConfig, PassContext, PassRecord, register_pass
+"""Compression passes.
 
-__all__ = ["PASS_REGISTRY", "Pass", "PassConfig", "PassContext", "PassRecord", "register_pass"]
+Each pass kind is declared, without torch, in ``edgevit.passes.specs`` (config, needs,
+export forms, order rules) and implemented in a module of this package, imported only when
+the pass runs (``specs.pass_impl``). Importing this package imports no pass.
+"""
+from edgevit.passes.base import PassConfig, PassContext, PassRecord
+
+__all__ = ["PassConfig", "PassContext", "PassRecord"]

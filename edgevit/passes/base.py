@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
 from edgevit.schema import StrictModel
+
+if TYPE_CHECKING:  # recipes and `edgevit validate` import this module: no torch at run time
+    from torch import nn
 
 
 class PassConfig(StrictModel):
@@ -52,6 +54,22 @@ class PassContext:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ExportedArtifact:
+    """What a pass may use to finish its work on an exported, checked artifact (e.g. the exits
+    pass re-calibrates thresholds on the quantized stages as the runtime runs them)."""
+
+    bundle_dir: Path
+    quantized: bool
+    transport: Any  # edgevit.profiling.Transport: runs the artifact where it is profiled
+    threads: int
+    batch: int
+    train_data: Path | None
+    data_config: dict[str, Any]
+    label_names: list[str] | None
+    run_cache: dict[str, Any]  # shared by the artifacts of one run (e.g. images read once)
+
+
 class Pass(Protocol):
     kind: ClassVar[str]
     config_type: ClassVar[type[PassConfig]]
@@ -63,6 +81,10 @@ class Pass(Protocol):
     def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
         """Re-create the compressed structure (not the weights) from a saved record."""
         ...
+
+    # optional: ``after_export(record: dict, artifact: ExportedArtifact) -> dict | None``,
+    # fields added to the artifact's report entry (called for artifacts that passed their
+    # check in their own runtime)
 
 
 PASS_REGISTRY: dict[str, type[Pass]] = {}

@@ -12,57 +12,28 @@
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import asdict
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from edgevit import progress
-from edgevit.adapters import SwinAdapter, adapter_for
+from edgevit.adapters import adapter_for, check_passes_supported
 from edgevit.cascade import attach_exits, block_features, cascade_stages, stage_example_inputs
-from edgevit.data import image_batches, label_map, scan_image_folder
+from edgevit.data import image_batches, label_map, load_images, scan_image_folder
 from edgevit.errors import EdgevitError
 from edgevit.flops import count_call_flops, count_flops
-from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
+from edgevit.passes.base import ExportedArtifact, PassContext, PassRecord, register_pass
 from edgevit.passes.exit_calibration import calibrate, confidence_scores, to_rule_units
+from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
-from edgevit.training import FinetuneConfig, train_loop
-
-
-class ExitTrainConfig(FinetuneConfig):
-    """Head training on cached features: more epochs and a larger rate than a fine-tune."""
-
-    epochs: float = Field(10.0, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(128, ge=1, le=4096)
-    max_images: int | None = Field(20000, ge=1, description="seeded subset of --train-data whose features are cached")
-    max_minutes: float | None = Field(8.0, gt=0)
-    feature_weight: float = Field(0.0, ge=0, description="weight of the MSE between a head's embedding and the final pre-logits")
-
-
-class ExitsConfig(PassConfig):
-    kind: Literal["exits"] = "exits"
-    after_blocks: list[int] | None = Field(None, description="1-based blocks followed by an exit (not the last block)")
-    count: int | None = Field(None, ge=1, description="number of exits spread evenly over the blocks")
-    head: Literal["auto", "local", "global", "linear"] = Field(
-        "auto", description="auto: local perception in the first half of the blocks, global aggregation after")
-    rule: Literal["entropy", "confidence"] = "entropy"
-    max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the cascade may lose on held-out images")
-    holdout_images: int = Field(2000, ge=100, description="held out from --train-data to calibrate the thresholds")
-    cache_gb: float = Field(4.0, gt=0, description="cap on the cached features (the training subset shrinks to fit)")
-    train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
-
-    @model_validator(mode="after")
-    def _one_placement(self) -> "ExitsConfig":
-        if self.after_blocks is not None and self.count is not None:
-            raise ValueError("give after_blocks or count, not both")
-        return self
+from edgevit.training import train_loop
 
 
 def exit_blocks(depth: int, cfg: ExitsConfig) -> list[int]:
@@ -84,9 +55,9 @@ def exit_blocks(depth: int, cfg: ExitsConfig) -> list[int]:
 def _head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_size) -> list[HeadSpec]:
     adapter = adapter_for(model)
     refs = adapter.blocks()
+    prefix = adapter.exit_prefix  # tokens in front of the patch grid (none on Swin's flattened grid)
     with torch.no_grad():
         tokens, _, pre_logits = block_features(model, torch.zeros(1, *input_size), blocks)
-    prefix = adapter.num_prefix_tokens
     specs = []
     for b, t in zip(blocks, tokens):
         h, w = adapter.token_grid(refs[b].stage)
@@ -97,7 +68,7 @@ def _head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_siz
         if kind == "local" and grid is None:
             raise EdgevitError(f"exits: block {b + 1} follows token reduction, so there is no token grid for a local head",
                                "use head: global or linear (or auto)")
-        specs.append(HeadSpec(kind, b, int(t.shape[-1]), grid, prefix if not isinstance(adapter, SwinAdapter) else 0,
+        specs.append(HeadSpec(kind, b, int(t.shape[-1]), grid, prefix,
                               int(pre_logits.shape[-1]), int(model.num_classes), tokens=int(t.shape[1])))
     return specs
 
@@ -217,7 +188,9 @@ class ExitsPass:
             raise EdgevitError("exits: the heads are trained on images", "pass --train-data DIR (class/xxx.jpg)")
         for p in model.parameters():
             p.requires_grad_(False)  # frozen backbone: only the heads learn
-        depth = len(adapter_for(model).blocks())
+        adapter = adapter_for(model)
+        check_passes_supported(adapter, [cfg])  # also done by the pipeline right after loading
+        depth = len(adapter.blocks())
         blocks = exit_blocks(depth, cfg)
         specs = _head_specs(model, blocks, cfg, ctx.input_size)
         torch.manual_seed(ctx.seed)
@@ -252,6 +225,35 @@ class ExitsPass:
     def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
         specs = [HeadSpec(**{**h, "grid": tuple(h["grid"]) if h["grid"] else None}) for h in record.structure["heads"]]
         return attach_exits(model, specs)
+
+    def after_export(self, record: dict[str, Any], artifact: ExportedArtifact) -> dict[str, Any] | None:
+        """Thresholds of a quantized cascade re-calibrated on what the runtime really runs:
+        the held-out images (drawn again from --train-data, read once per run) through the
+        lowered stages on the target, same budget; bundle.json is rewritten with them."""
+        if not artifact.quantized:
+            return None
+        if "exits_holdout" not in artifact.run_cache:
+            samples = holdout_samples(record, artifact.train_data, artifact.label_names)
+            artifact.run_cache["exits_holdout"] = (load_images(samples, artifact.data_config).numpy(),
+                                                   np.array([y for _, y in samples]))
+        images, labels = artifact.run_cache["exits_holdout"]
+        bundle_dir = artifact.bundle_dir
+        progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
+        outputs = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
+                                         inputs=images).outputs
+        bundle = json.loads((bundle_dir / "bundle.json").read_text())
+        stages = bundle["cascade"]["stages"]
+        exit_logits = [outputs[s["name"]] for s in stages[:-1]]
+        metrics = record["metrics"]
+        thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
+                                            record["config"]["max_accuracy_drop"], metrics["flops_per_stage"],
+                                            metrics["flops_full_model"])
+        before = [s["threshold"] for s in stages[:-1]]
+        for stage_entry, t in zip(stages, thresholds):
+            stage_entry["threshold"] = t
+        (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+        return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,
+                                        "thresholds": thresholds, **result}}
 
 
 def _spec_dict(spec: HeadSpec) -> dict[str, Any]:

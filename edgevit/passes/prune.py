@@ -13,49 +13,18 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from edgevit.adapters import BlockRef, adapter_for
+from edgevit.adapters import BlockRef, ModelAdapter, adapter_for, check_passes_supported
 from edgevit.errors import EdgevitError
 from edgevit.flops import count_flops, count_params
-from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
+from edgevit.passes.base import PassContext, PassRecord, register_pass
 from edgevit.passes.pruning_scores import channel_scores, dimap_importance, head_scores
-from edgevit.surgery import can_prune_heads, prune_heads, prune_mlp
-from edgevit.training import FinetuneConfig, finetune_if_asked
-
-Module = Literal["attention", "mlp"]
-
-
-class PruneConfig(PassConfig):
-    kind: Literal["prune"] = "prune"
-    method: Literal["dimap", "l1"] = Field("dimap", description="dimap: DIMAP scores per structure; l1: naive L1 norm, one global ranking")
-    allocation: Literal["cost_aware", "per_module"] = Field(
-        "cost_aware", description="dimap only. cost_aware: rank by score per removed FLOP (or param) across modules; "
-        "per_module: remove the same fraction of every module, each ranked on its own")
-    structure: Literal["heads_channels", "unstructured", "2:4"] = "heads_channels"
-    flops_reduction: float | None = Field(None, gt=0, lt=0.95, description="fraction of the model's FLOPs to remove")
-    param_reduction: float | None = Field(None, gt=0, lt=0.95, description="fraction of the model's parameters to remove")
-    per_module: dict[Module, float] | None = Field(None, description="fraction of each module's prunable FLOPs/params to remove")
-    modules: list[Module] = Field(default_factory=lambda: ["attention", "mlp"])
-    min_heads: int = Field(1, ge=1, description="heads every block keeps")
-    min_mlp_ratio: float = Field(0.05, gt=0, le=1, description="share of MLP channels every block keeps")
-    channel_multiple: int = Field(16, ge=1, description="kept MLP channels rounded to a multiple (int4 blocks, SIMD widths)")
-    finetune: FinetuneConfig | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "PruneConfig":
-        given = [t for t in (self.flops_reduction, self.param_reduction, self.per_module) if t is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of flops_reduction, param_reduction, per_module")
-        if self.per_module and self.method == "l1":
-            raise ValueError("per_module targets need method: dimap (l1 ranks globally)")
-        if self.structure != "heads_channels" and self.flops_reduction is not None:
-            raise ValueError("unstructured/2:4 pruning removes no FLOPs at runtime; use param_reduction")
-        return self
+from edgevit.passes.specs.prune import PruneConfig  # noqa: F401  (the declaration; re-exported)
+from edgevit.training import finetune_if_asked
 
 
 @dataclass
@@ -70,33 +39,38 @@ class Unit:
     params: int
 
 
-def _units(blocks: list[BlockRef], cfg: PruneConfig) -> list[Unit]:
+def _units(adapter: ModelAdapter, blocks: list[BlockRef], cfg: PruneConfig) -> list[Unit]:
     units: list[Unit] = []
+    can_mlp = adapter.has("mlp_surgery")
     for b, ref in enumerate(blocks):
-        attn, mlp = ref.attention, ref.mlp
-        dim = attn.qkv.in_features
-        if "attention" in cfg.modules and can_prune_heads(attn):
-            hd = attn.qkv.out_features // (3 * attn.num_heads)
+        if "attention" in cfg.modules and adapter.can_prune_heads(ref):
+            head = adapter.head_layout(ref)
+            hd, dim = head.head_dim, head.qkv.in_features
             # MACs of one head: qkv rows + proj columns on every token, q.k^T and attn.v over its span
             macs = ref.tokens * 4 * hd * dim + 2 * ref.tokens * ref.attention_span * hd
-            table = getattr(attn, "relative_position_bias_table", None)
-            params = 4 * hd * dim + (3 * hd if attn.qkv.bias is not None else 0) + (table.shape[0] if table is not None else 0)
-            scores = head_scores(attn.qkv.weight, attn.proj.weight, attn.num_heads, cfg.method)
+            params = 4 * hd * dim + (3 * hd if head.qkv.bias is not None else 0) + head.extra_params_per_head
+            scores = head_scores(head.qkv.weight, head.proj.weight, head.num_heads, cfg.method)
             units += [Unit("attention", b, h, float(s), 2 * macs, params) for h, s in enumerate(scores)]
-        if "mlp" in cfg.modules:
+        if "mlp" in cfg.modules and can_mlp:
+            fc1, fc2 = adapter.mlp_weights(ref)
+            dim = fc1.shape[1]
             macs = ref.tokens * 2 * dim
-            scores = channel_scores(mlp.fc1.weight, mlp.fc2.weight, cfg.method)
+            scores = channel_scores(fc1, fc2, cfg.method)
             units += [Unit("mlp", b, c, float(s), 2 * macs, 2 * dim + 1) for c, s in enumerate(scores)]
     return units
 
 
-def _select(units: list[Unit], blocks: list[BlockRef], cost: str, budgets: dict[str, float], cfg: PruneConfig) -> set[tuple[str, int, int]]:
+def _widths(adapter: ModelAdapter, blocks: list[BlockRef]) -> dict[tuple[str, int], int]:
+    """Heads and MLP hidden channels of every block, keyed like the units."""
+    widths = {("attention", b): adapter.heads(r) for b, r in enumerate(blocks)}
+    return widths | {("mlp", b): adapter.mlp_hidden(r) for b, r in enumerate(blocks)}
+
+
+def _select(units: list[Unit], widths: dict[tuple[str, int], int], cost: str, budgets: dict[str, float], cfg: PruneConfig) -> set[tuple[str, int, int]]:
     """Lowest-scoring units first, within each budget key ('attention', 'mlp' or 'all'),
     never taking a block below min_heads / min_mlp_ratio."""
-    floor = {("attention", b): cfg.min_heads for b in range(len(blocks))}
-    floor |= {("mlp", b): max(1, math.ceil(cfg.min_mlp_ratio * r.mlp.fc1.out_features)) for b, r in enumerate(blocks)}
-    left = {("attention", b): r.attention.num_heads for b, r in enumerate(blocks)}
-    left |= {("mlp", b): r.mlp.fc1.out_features for b, r in enumerate(blocks)}
+    floor = {k: cfg.min_heads if k[0] == "attention" else max(1, math.ceil(cfg.min_mlp_ratio * w)) for k, w in widths.items()}
+    left = dict(widths)
     removed: set[tuple[str, int, int]] = set()
     spent = dict.fromkeys(budgets, 0.0)
     for u in sorted(units, key=lambda u: (u.score, u.module, u.block, u.index)):
@@ -112,29 +86,29 @@ def _select(units: list[Unit], blocks: list[BlockRef], cost: str, budgets: dict[
     return removed
 
 
-def _plan(units: list[Unit], blocks: list[BlockRef], cfg: PruneConfig, total: dict[str, int]) -> tuple[set, dict]:
+def _plan(units: list[Unit], widths: dict[tuple[str, int], int], cfg: PruneConfig, total: dict[str, int]) -> tuple[set, dict]:
     cost = "params" if cfg.param_reduction is not None else "flops"
     module_total = {m: sum(getattr(u, cost) for u in units if u.module == m) for m in cfg.modules}
     if cfg.per_module is not None:
         fractions = {m: cfg.per_module.get(m, 0.0) for m in cfg.modules}
-        return _select(units, blocks, cost, {m: f * module_total[m] for m, f in fractions.items()}, cfg), {"module_fractions": fractions}
+        return _select(units, widths, cost, {m: f * module_total[m] for m, f in fractions.items()}, cfg), {"module_fractions": fractions}
     target = (cfg.flops_reduction or cfg.param_reduction) * total[cost]
     cost_of = {(u.module, u.block, u.index): getattr(u, cost) for u in units}
-    reachable = sum(cost_of[k] for k in _select(units, blocks, cost, dict.fromkeys(cfg.modules, math.inf), cfg))
+    reachable = sum(cost_of[k] for k in _select(units, widths, cost, dict.fromkeys(cfg.modules, math.inf), cfg))
     if reachable < target:
         raise EdgevitError(f"prune: cannot remove {target / total[cost]:.0%} of {cost} "
                            f"(at most {reachable / total[cost]:.0%} with modules={cfg.modules}, min_heads, min_mlp_ratio)",
                            "lower the target or allow more modules")
     if cfg.method == "l1":  # the naive baseline: one global ranking over heads and channels
-        return _select(units, blocks, cost, {"all": target}, cfg), {"allocation": "global", "budget": target}
+        return _select(units, widths, cost, {"all": target}, cfg), {"allocation": "global", "budget": target}
     if cfg.allocation == "cost_aware":
         # DIMAP scores are normalised per layer, so they compare across modules; dividing by
         # what removing the unit saves puts a head (many FLOPs) and a channel (few) on one scale.
         ranked = [Unit(u.module, u.block, u.index, u.score / getattr(u, cost), u.flops, u.params) for u in units]
-        return _select(ranked, blocks, cost, {"all": target}, cfg), {"allocation": "cost_aware", "budget": target}
+        return _select(ranked, widths, cost, {"all": target}, cfg), {"allocation": "cost_aware", "budget": target}
 
     def removed_cost(p: float) -> tuple[set, float]:
-        chosen = _select(units, blocks, cost, {m: p * module_total[m] for m in cfg.modules}, cfg)
+        chosen = _select(units, widths, cost, {m: p * module_total[m] for m in cfg.modules}, cfg)
         return chosen, sum(cost_of[k] for k in chosen)
 
     best = removed_cost(1.0)[0]
@@ -157,6 +131,7 @@ class PrunePass:
 
     def apply(self, model: nn.Module, cfg: PruneConfig, ctx: PassContext) -> tuple[nn.Module, PassRecord]:
         adapter = adapter_for(model)
+        check_passes_supported(adapter, [cfg])  # also done by the pipeline right after loading
         flops_before, params_before = count_flops(model, ctx.input_size), count_params(model)
         if cfg.structure == "heads_channels":
             structure, metrics = self._structural(model, adapter, cfg, {"flops": flops_before, "params": params_before})
@@ -171,7 +146,7 @@ class PrunePass:
                         linear.weight.mul_(mask)
 
         notes = []
-        if "attention" in cfg.modules and not all(can_prune_heads(b.attention) for b in adapter.blocks()):
+        if "attention" in cfg.modules and not all(adapter.can_prune_heads(b) for b in adapter.blocks()):
             notes.append("heads of this attention type cannot be removed (e.g. Swin v2): MLP channels only")
         training, why_not = finetune_if_asked(model, cfg.finetune, ctx, after_step)
         notes += [why_not] if why_not else []
@@ -190,18 +165,18 @@ class PrunePass:
 
     def _structural(self, model, adapter, cfg: PruneConfig, total: dict[str, int]):
         blocks = adapter.blocks()
-        units = _units(blocks, cfg)
-        removed, solve = _plan(units, blocks, cfg, total)
+        units = _units(adapter, blocks, cfg)
+        removed, solve = _plan(units, _widths(adapter, blocks), cfg, total)
         units_by_key = {(u.module, u.block, u.index): u for u in units}
         per_block = []
         for b, ref in enumerate(blocks):
-            heads, hidden = ref.attention.num_heads, ref.mlp.fc1.out_features
+            heads, hidden = adapter.heads(ref), adapter.mlp_hidden(ref)
             keep_h = [h for h in range(heads) if ("attention", b, h) not in removed]
-            keep_c = _round_channels(ref, b, hidden, removed, units_by_key, cfg.channel_multiple)
+            keep_c = _round_channels(b, hidden, removed, units_by_key, cfg.channel_multiple)
             if len(keep_h) < heads:
-                prune_heads(ref.attention, keep_h)
+                adapter.prune_heads(ref, keep_h)
             if len(keep_c) < hidden:
-                prune_mlp(ref.mlp, keep_c)
+                adapter.prune_mlp(ref, keep_c)
             per_block.append({"name": ref.name, "heads": len(keep_h), "heads_before": heads,
                               "mlp_hidden": len(keep_c), "mlp_hidden_before": hidden})
         structure = {"family": adapter.family, "blocks": [{k: p[k] for k in ("name", "heads", "mlp_hidden")} for p in per_block]}
@@ -212,10 +187,12 @@ class PrunePass:
         modules: dict[str, list[nn.Linear]] = {"qkv": [], "proj": [], "mlp": []}
         for ref in adapter.blocks():
             if "attention" in cfg.modules:
-                modules["qkv"].append(ref.attention.qkv)
-                modules["proj"].append(ref.attention.proj)
+                # the layers reading the block input (qkv, or q/k/v) score together; proj on its own
+                *inputs, proj = adapter.attention_linears(ref)
+                modules["qkv"] += inputs
+                modules["proj"].append(proj)
             if "mlp" in cfg.modules:
-                modules["mlp"] += [ref.mlp.fc1, ref.mlp.fc2]
+                modules["mlp"] += adapter.mlp_linears(ref)
         sparsity = cfg.param_reduction if cfg.param_reduction is not None else None
         masks = []
         for name, linears in modules.items():
@@ -242,17 +219,18 @@ class PrunePass:
         blocks = record.structure.get("blocks")
         if not blocks:  # weight-level pruning keeps every shape
             return model
-        refs = {ref.name: ref for ref in adapter_for(model).blocks()}
+        adapter = adapter_for(model)
+        refs = {ref.name: ref for ref in adapter.blocks()}
         for spec in blocks:
             ref = refs[spec["name"]]
-            if spec["heads"] < ref.attention.num_heads:
-                prune_heads(ref.attention, range(spec["heads"]))
-            if spec["mlp_hidden"] < ref.mlp.fc1.out_features:
-                prune_mlp(ref.mlp, range(spec["mlp_hidden"]))
+            if spec["heads"] < adapter.heads(ref):
+                adapter.prune_heads(ref, list(range(spec["heads"])))
+            if spec["mlp_hidden"] < adapter.mlp_hidden(ref):
+                adapter.prune_mlp(ref, list(range(spec["mlp_hidden"])))
         return model
 
 
-def _round_channels(ref: BlockRef, b: int, hidden: int, removed: set, units: dict, multiple: int) -> list[int]:
+def _round_channels(b: int, hidden: int, removed: set, units: dict, multiple: int) -> list[int]:
     """Kept MLP channels, their count rounded to the nearest multiple (never to zero): the
     best-scoring removed channels come back, or the worst kept ones go."""
     keep = [c for c in range(hidden) if ("mlp", b, c) not in removed]

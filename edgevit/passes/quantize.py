@@ -8,56 +8,21 @@ same graph imported), and the runner reads back which kernels really ran.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
+from edgevit.adapters import REPQ_PAIRS, adapter_for
+from edgevit.adapters.probe import unlowerable_linears
 from edgevit.errors import EdgevitError
-from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
+from edgevit.passes.base import PassContext, PassRecord, register_pass
 from edgevit.passes.lrp import linear_relevance
 from edgevit.passes.quant_alloc import NOMINAL_BITS, SIMULATED, Layer, allocate, fake_quantize, int4_block, quant_error
 from edgevit.passes.repq import reparameterize
-from edgevit.schema import StrictModel
+from edgevit.passes.specs.quantize import QuantizeConfig  # noqa: F401  (the declaration; re-exported)
 
 # int2/int3/int6 have no integer kernel in the runtimes here: simulated (fake-quant) only
-Precision = Literal["int2", "int3", "int4", "int6", "int8", "fp32"]
-
-
-class Budget(StrictModel):
-    avg_weight_bits: float | None = Field(None, gt=0, description="mean nominal bits per governed weight (4 = all int4)")
-    size_mb: float | None = Field(None, gt=0, description="size of the governed weights in MB (1e6 bytes, nominal bits)")
-
-    @model_validator(mode="after")
-    def _one(self) -> "Budget":
-        if (self.avg_weight_bits is None) == (self.size_mb is None):
-            raise ValueError("give exactly one of avg_weight_bits, size_mb")
-        return self
-
-
-class QuantizeConfig(PassConfig):
-    kind: Literal["quantize"] = "quantize"
-    method: Literal["lrp", "uniform", "error"] = Field(
-        "lrp", description="lrp: relevance-weighted allocation; uniform: one precision; error: allocation by quantization "
-        "error alone (every layer weighted equally; the ablation that shows what LRP adds)")
-    weights: Precision = Field("int8", description="uniform: the precision of every governed layer")
-    candidates: list[Precision] = Field(default_factory=lambda: ["int4", "int8"], description="lrp: precisions to choose from")
-    budget: Budget | None = Field(None, description="lrp: the bit budget")
-    activations: Literal["int8", "fp32"] = Field("int8", description="int8: static per-tensor (layers at int8 weights)")
-    activation_clip_percentile: float | None = Field(
-        None, gt=90, lt=100, description="clip activation outliers at this percentile when calibrating (None: min/max)")
-    int4_block: int = Field(32, ge=8, description="int4 block along the input; smaller where the width needs it")
-    repq: bool = Field(True, description="RepQ-style post-LayerNorm channel reparameterisation")
-    repq_strength: float = Field(0.5, ge=0, le=1)
-    keep_fp32: list[str] = Field(default_factory=list, description="module names kept fp32 (the classifier always is)")
-    relevance_images: int = Field(32, ge=1, le=1024)
-
-    @model_validator(mode="after")
-    def _method_needs(self) -> "QuantizeConfig":
-        if self.method in ("lrp", "error") and self.budget is None:
-            raise ValueError(f"method {self.method} needs a budget ({{avg_weight_bits: ...}} or {{size_mb: ...}})")
-        return self
 
 
 def governed_layers(model: nn.Module, keep_fp32: list[str]) -> dict[str, nn.Linear]:
@@ -67,6 +32,29 @@ def governed_layers(model: nn.Module, keep_fp32: list[str]) -> dict[str, nn.Line
     return {name: m for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and not name.startswith(classifier) and not name.startswith("edgevit_exits.")
             and name not in keep_fp32}
+
+
+def _repq_applies(model: nn.Module, cfg: QuantizeConfig, notes: list[str]) -> bool:
+    """RepQ needs the family's norm->Linear pairs; without them it is skipped with a note."""
+    if not (cfg.repq and cfg.activations == "int8"):
+        return False
+    adapter = adapter_for(model)
+    if not adapter.has(REPQ_PAIRS):
+        notes.append(f"RepQ skipped: the {adapter.family} adapter of {type(model).__name__} has no norm->Linear pairs")
+        return False
+    return True
+
+
+def lowerable_layers(model: nn.Module, layers: dict[str, nn.Linear], input_size,
+                     notes: list[str]) -> tuple[dict[str, nn.Linear], dict[str, str]]:
+    """The layers the lowering can find in the exported graph, and why the others stay fp32:
+    known from the plan, before any export."""
+    unlowerable = unlowerable_linears(model, layers, input_size)
+    for reason in sorted(set(unlowerable.values())):
+        names = [n for n, r in unlowerable.items() if r == reason]
+        notes.append(f"{len(names)} Linear layer(s) kept fp32, not addressable in the exported graph: {reason} "
+                     f"(e.g. {names[0]})")
+    return {n: m for n, m in layers.items() if n not in unlowerable}, unlowerable
 
 
 @register_pass
@@ -84,8 +72,8 @@ class QuantizePass:
             if ctx.calibration.synthetic:
                 notes.append("calibrated on synthetic images (explicitly allowed): accuracy figures are not meaningful")
             images = ctx.calibration.images(ctx.data_config)
-        repq = reparameterize(model, images, cfg.repq_strength) if cfg.repq and cfg.activations == "int8" else {}
-        layers = governed_layers(model, cfg.keep_fp32)
+        repq = reparameterize(model, images, cfg.repq_strength) if _repq_applies(model, cfg, notes) else {}
+        layers, unlowerable = lowerable_layers(model, governed_layers(model, cfg.keep_fp32), ctx.input_size, notes)
         blocks = {name: int4_block(m.in_features, cfg.int4_block) for name, m in layers.items()}
         no_int4 = [n for n, b in blocks.items() if b is None]
         if no_int4 and ("int4" in cfg.candidates or cfg.weights == "int4"):
@@ -124,6 +112,8 @@ class QuantizePass:
             "bits_per_layer": {n: NOMINAL_BITS[p] for n, p in precision.items()},
             "repq": repq,
         }
+        if unlowerable:
+            metrics["kept_fp32_not_lowerable"] = unlowerable
         notes.append("weights quantized by the runtimes' own kernels at export; the PyTorch model stays fp32")
         return model, PassRecord(kind=self.kind, config=cfg.model_dump(mode="json"), structure=structure,
                                  metrics=metrics, notes=notes)

@@ -15,14 +15,9 @@ from torch import nn
 from edgevit.adapters import adapter_for
 
 
-def ln_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, nn.Linear]]:
-    pairs = []
-    for ref in adapter_for(model).blocks():
-        b = ref.module
-        for norm, linear, label in ((b.norm1, b.attn.qkv, "norm1->attn.qkv"), (b.norm2, b.mlp.fc1, "norm2->mlp.fc1")):
-            if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and isinstance(linear, nn.Linear):
-                pairs.append((f"{ref.name}.{label}", norm, linear))
-    return pairs
+def ln_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, tuple[nn.Linear, ...]]]:
+    """(label, LayerNorm, the Linear layers reading its output): the family's adapter knows."""
+    return adapter_for(model).repq_pairs()
 
 
 @torch.no_grad()
@@ -42,12 +37,13 @@ def reparameterize(model: nn.Module, images: torch.Tensor, strength: float = 0.5
         for h in hooks:
             h.remove()
     summary = {}
-    for name, norm, linear in pairs:
+    for name, norm, linears in pairs:
         r = ranges[name].clamp_min(1e-6)
         factor = ((r.median() / r) ** strength).clamp(1 / 16, 16)
         norm.weight.mul_(factor)
         norm.bias.mul_(factor)
-        linear.weight.div_(factor)
+        for linear in linears:
+            linear.weight.div_(factor)
         summary[name] = {"range_spread_before": float(r.max() / r.median()),
                          "range_spread_after": float((r * factor).max() / (r * factor).median())}
     return summary

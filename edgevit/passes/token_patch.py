@@ -1,4 +1,6 @@
-"""Patching timm ViT blocks so tokens can be reduced between attention and MLP.
+"""Patching timm ViT blocks so tokens can be reduced between attention and MLP: the ViT
+adapter's token hook (``VitAdapter.patch_token_block``); passes reach it only through the
+adapter, which declares the ``token_hook`` capability.
 
 The patched block keeps timm's own sub-modules (norm1, attn.qkv, ls1, drop_path1, mlp,
 ...) and only re-wires them: attention is computed once (fused kernel), the class-token
@@ -104,11 +106,3 @@ def unpatch(model: nn.Module) -> nn.Module:
             module.__class__ = module.__class__.__mro__[1]
             del module.edgevit_reduction
     return model
-
-
-def set_merge_form(model: nn.Module, form: str) -> None:
-    """The exporter picks the merge form for its runtime (onehot for TensorRT)."""
-    for module in model.modules():
-        red = getattr(module, "edgevit_reduction", None)
-        if red is not None:
-            red.form = form

@@ -5,56 +5,27 @@ records it and the exported graph has no data-dependent shapes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
 from torch import nn
 
-from edgevit.adapters import VitAdapter, adapter_for
+from edgevit.adapters import TOKEN_HOOK, ModelAdapter, adapter_for
 from edgevit.errors import EdgevitError, ModelError
 from edgevit.flops import count_flops
-from edgevit.passes.base import PassConfig, PassContext, PassRecord, register_pass
-from edgevit.passes.token_patch import Reduction, patch_block, unpatch
-from edgevit.schema import StrictModel
-from edgevit.training import FinetuneConfig, finetune_if_asked
+from edgevit.passes.base import PassContext, PassRecord, register_pass
+from edgevit.passes.token_patch import Reduction, unpatch
+from edgevit.passes.specs.tokens import EvitConfig, TomeConfig  # noqa: F401  (the declarations; re-exported)
+from edgevit.training import finetune_if_asked
 
 EVIT_DEFAULT_DEPTH, EVIT_DEFAULT_LOCATIONS = 12, (4, 7, 10)  # 1-based, as in the EViT paper for DeiT-12
 
 
-class EvitConfig(PassConfig):
-    kind: Literal["evit"] = "evit"
-    keep_rate: float = Field(0.7, gt=0, le=1, description="share of patch tokens kept at each location")
-    locations: list[int] | None = Field(None, description="1-based block indices; default 4, 7, 10 scaled to the depth")
-    fuse: bool = True
-    finetune: FinetuneConfig | None = None
-
-
-class RampSpec(StrictModel):
-    r: int = Field(ge=0)
-    inflection: float = Field(0.0, ge=-1, le=1, description="r ramps linearly from r(1-i) to r(1+i) over the blocks")
-
-
-class TomeConfig(PassConfig):
-    kind: Literal["tome"] = "tome"
-    r: int | list[int] | RampSpec | None = Field(None, description="tokens merged per block: int, per-block list, or {r, inflection}")
-    flops_reduction: float | None = Field(None, gt=0, lt=0.95, description="pick the constant r that removes this FLOPs share")
-    blocks: list[int] | None = Field(None, description="1-based blocks that merge (default: all)")
-    proportional_attention: bool = True
-    finetune: FinetuneConfig | None = None
-
-    @model_validator(mode="after")
-    def _one_strength(self) -> "TomeConfig":
-        if (self.r is None) == (self.flops_reduction is None):
-            raise ValueError("give exactly one of r, flops_reduction")
-        return self
-
-
-def _vit(model: nn.Module) -> VitAdapter:
+def _vit(model: nn.Module, kind: str) -> ModelAdapter:
     adapter = adapter_for(model)
-    if not isinstance(adapter, VitAdapter):
-        raise ModelError(f"{type(model).__name__}: token reduction works on plain ViT/DeiT",
-                         "Swin's shifted windows need the full token grid; use prune or quantize on Swin")
+    adapter.require(TOKEN_HOOK, kind)
     return adapter
 
 
@@ -96,7 +67,7 @@ class _TokenPass:
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def apply(self, model: nn.Module, cfg, ctx: PassContext) -> tuple[nn.Module, PassRecord]:
-        adapter = _vit(model)
+        adapter = _vit(model, self.kind)
         flops_before = count_flops(model, ctx.input_size)
         structure = self._patch(model, adapter, cfg, ctx)
         flops_after = count_flops(model, ctx.input_size)
@@ -108,14 +79,14 @@ class _TokenPass:
                                  training=training, notes=notes)
 
     def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
-        self._install(model, _vit(model), record.structure)
+        self._install(model, _vit(model, self.kind), record.structure)
         return model
 
     @staticmethod
-    def _install(model: nn.Module, adapter: VitAdapter, structure: dict[str, Any]) -> None:
+    def _install(model: nn.Module, adapter: ModelAdapter, structure: dict[str, Any]) -> None:
         blocks = adapter.blocks()
         for spec in structure["blocks"]:
-            patch_block(blocks[spec["index"]].module, Reduction(**spec["reduction"]))
+            adapter.patch_token_block(blocks[spec["index"]], Reduction(**spec["reduction"]))
 
 
 @register_pass
@@ -123,7 +94,7 @@ class EvitPass(_TokenPass):
     kind = "evit"
     config_type = EvitConfig
 
-    def _patch(self, model, adapter: VitAdapter, cfg: EvitConfig, ctx: PassContext) -> dict[str, Any]:
+    def _patch(self, model, adapter: ModelAdapter, cfg: EvitConfig, ctx: PassContext) -> dict[str, Any]:
         if not getattr(model, "cls_token", None) is not None:
             raise ModelError("evit needs a class token (its attention ranks the patches)", "use tome for models without one")
         blocks, prefix = adapter.blocks(), adapter.num_prefix_tokens
@@ -146,14 +117,28 @@ class TomePass(_TokenPass):
     kind = "tome"
     config_type = TomeConfig
 
-    def _patch(self, model, adapter: VitAdapter, cfg: TomeConfig, ctx: PassContext) -> dict[str, Any]:
+    @staticmethod
+    @contextlib.contextmanager
+    def export_form(model: nn.Module, form: str) -> Iterator[None]:
+        """Merge as ``form`` (scatter / onehot) while one exporter traces, then restore."""
+        reductions = [m.edgevit_reduction for m in model.modules() if getattr(m, "edgevit_reduction", None) is not None]
+        before = [red.form for red in reductions]
+        for red in reductions:
+            red.form = form
+        try:
+            yield
+        finally:
+            for red, old in zip(reductions, before):
+                red.form = old
+
+    def _patch(self, model, adapter: ModelAdapter, cfg: TomeConfig, ctx: PassContext) -> dict[str, Any]:
         r = cfg.r if cfg.r is not None else self._r_for_flops(model, adapter, cfg, ctx)
         structure = self._structure(adapter, cfg, r)
         self._install(model, adapter, structure)
         return structure
 
     @staticmethod
-    def _structure(adapter: VitAdapter, cfg: TomeConfig, r: Any) -> dict[str, Any]:
+    def _structure(adapter: ModelAdapter, cfg: TomeConfig, r: Any) -> dict[str, Any]:
         blocks, prefix = adapter.blocks(), adapter.num_prefix_tokens
         used, after = _tokens_after_tome(blocks[0].tokens - prefix, tome_schedule(len(blocks), cfg, r))
         first = next((i for i, v in enumerate(used) if v > 0), len(blocks))
@@ -164,7 +149,7 @@ class TomePass(_TokenPass):
             specs.append({"index": i, "reduction": vars(red)})
         return {"blocks": specs, "tokens_per_block": [prefix + a for a in after], "r_per_block": used}
 
-    def _r_for_flops(self, model, adapter: VitAdapter, cfg: TomeConfig, ctx: PassContext) -> int:
+    def _r_for_flops(self, model, adapter: ModelAdapter, cfg: TomeConfig, ctx: PassContext) -> int:
         """Smallest constant r whose counted FLOPs reduction reaches the target (binary
         search; FLOPs only grow back as r shrinks)."""
         base = count_flops(model, ctx.input_size)

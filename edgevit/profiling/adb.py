@@ -1,10 +1,11 @@
 """adb://SERIAL — run the device runner on an Android device (or any adb target) that has
 a Python with numpy and the runtime (e.g. Termux): push runner + bundle into a fresh
 /data/local/tmp folder, run, pull the outputs, remove the folder whatever happened.
-Options in the URL query: ``python`` (device interpreter, default python3), ``timeout``
-(seconds, default 600), ``adb`` (host adb binary, default adb on PATH), ``benchmark_model``
-(path of TFLite's benchmark_model on the device: times .tflite bundles with it instead of
-the Python runner, for phones without Python; see benchmark_model.py).
+The URL carries only validated device fields (``target.py``: serial, ``?python=`` device
+interpreter, ``?timeout=``, ``?benchmark_model=`` path of TFLite's benchmark_model on the
+device: times .tflite bundles with it instead of the Python runner, for phones without
+Python; see benchmark_model.py). The adb binary comes from the environment
+(``EDGEVIT_ADB``, see ``host_tools.py``), never from the URL.
 """
 from __future__ import annotations
 
@@ -12,36 +13,34 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
-from edgevit.errors import EdgevitError, RunnerError
-from edgevit.profiling.transport import (RunnerResult, files_to_send, parse_runner_output, remote_artifact, runner_command,
-                                        target_options)
+from edgevit.errors import RunnerError
+from edgevit.profiling.host_tools import HostTools
+from edgevit.profiling.target import AdbTarget
+from edgevit.profiling.transport import (BASELINE_FOLDER, RunnerResult, bundle_sources, files_to_send, parse_runner_output, remote_artifact, runner_command,
+                                        work_folder)
 
 DEVICE_TMP = "/data/local/tmp"
+DEVICE_PREFIX = f"{DEVICE_TMP}/edgevit"
 
 
 class AdbTransport:
     name = "adb"
 
-    def __init__(self, url: str):
-        parsed = urlparse(url)
-        serial = parsed.netloc or parsed.path.lstrip("/")
-        if parsed.scheme != "adb" or not serial:
-            raise EdgevitError(f"--target {url}: not an adb target", "write adb://SERIAL (see `adb devices`)")
-        query = target_options(url, {"python", "timeout", "adb", "benchmark_model"})
-        self.benchmark_model = query.get("benchmark_model")
-        self.serial, self.python = serial, query.get("python", "python3")
-        self.timeout, self.adb = float(query.get("timeout", 600)), query.get("adb", "adb")
+    def __init__(self, target: AdbTarget, tools: HostTools):
+        self.target, self.adb = target, tools.adb
+        self.serial, self.python, self.timeout = target.serial, target.python, target.timeout
+        self.benchmark_model = target.benchmark_model
 
     def _adb(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         try:
             proc = subprocess.run([self.adb, "-s", self.serial, *args], capture_output=True, text=True,
                                   timeout=timeout or self.timeout)
         except FileNotFoundError:
-            raise RunnerError(f"{self.adb}: adb not found on this machine", "install Android platform-tools (Debian: adb)") from None
+            raise RunnerError(f"{self.adb}: adb not found on this machine",
+                              "install Android platform-tools (Debian: adb), or set EDGEVIT_ADB") from None
         except subprocess.TimeoutExpired:
             raise RunnerError(f"adb {self.serial}: no answer within {timeout or self.timeout:.0f} s", "is the device connected?") from None
         if "device '" in proc.stderr and "not found" in proc.stderr or "device offline" in proc.stderr:
@@ -51,15 +50,15 @@ class AdbTransport:
 
     def run(self, artifact: Path, runs: int, warmup: int, threads: int, batch: int,
             inputs: np.ndarray | None = None, runtime: str | None = None,
-            eval_set: dict[str, np.ndarray] | None = None) -> RunnerResult:
-        made = self._adb("shell", f"mktemp -d {DEVICE_TMP}/edgevit.XXXXXX", timeout=30)
+            eval_set: dict[str, np.ndarray] | None = None, baseline: Path | None = None) -> RunnerResult:
+        made = self._adb("shell", f"mktemp -d {DEVICE_PREFIX}.XXXXXX", timeout=30)
         if made.returncode != 0 or not made.stdout.strip():
             raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}")
-        remote = made.stdout.strip()
+        remote = work_folder(made.stdout, DEVICE_PREFIX, f"adb {self.serial}")
         try:
             if self.benchmark_model:
                 return self._run_benchmark_model(remote, Path(artifact), runs, warmup, threads, batch, inputs)
-            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime, eval_set)
+            return self._run_in(remote, Path(artifact), runs, warmup, threads, batch, inputs, runtime, eval_set, baseline)
         finally:
             self._adb("shell", f"rm -rf {shlex.quote(remote)}", timeout=30)  # nothing left on the device
 
@@ -79,13 +78,18 @@ class AdbTransport:
         data["where_run"] = f"{self.serial} (adb, benchmark_model)"
         return RunnerResult(data, outputs)
 
-    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None, eval_set=None) -> RunnerResult:
+    def _run_in(self, remote: str, artifact: Path, runs, warmup, threads, batch, inputs, runtime=None, eval_set=None,
+                baseline: Path | None = None) -> RunnerResult:
         with tempfile.TemporaryDirectory(prefix="edgevit-adb-") as tmp:
             sources = files_to_send(artifact, inputs, Path(tmp), eval_set)
             args = runner_command(self.python, f"{remote}/runner.py", remote_artifact(remote, artifact), remote,
                                   runs, warmup, threads, batch, runtime, with_io=inputs is not None,
-                                  with_eval=eval_set is not None)
-            pushed = self._adb("push", *sources, f"{remote}/")
+                                  with_eval=eval_set is not None,
+                                  baseline=f"{remote}/{BASELINE_FOLDER}/" if baseline else None)
+            pushed = self._adb("push", "--", *sources, f"{remote}/")
+            if pushed.returncode == 0 and baseline:  # its own subfolder: its file names are the artifact's
+                self._adb("shell", f"mkdir {shlex.quote(remote + '/' + BASELINE_FOLDER)}")
+                pushed = self._adb("push", "--", *bundle_sources(Path(baseline)), f"{remote}/{BASELINE_FOLDER}/")
             if pushed.returncode != 0:
                 raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}")
             proc = self._adb("shell", " ".join(shlex.quote(a) for a in args))
@@ -95,7 +99,7 @@ class AdbTransport:
             data = parse_runner_output(artifact, proc.returncode, proc.stdout, proc.stderr)
             outputs = None
             if inputs is not None:
-                pulled = self._adb("pull", f"{remote}/outputs.npz", str(Path(tmp) / "outputs.npz"))
+                pulled = self._adb("pull", "--", f"{remote}/outputs.npz", str(Path(tmp) / "outputs.npz"))
                 if pulled.returncode != 0:
                     raise RunnerError(f"adb {self.serial}: pull failed: {pulled.stderr.strip()}")
                 with np.load(Path(tmp) / "outputs.npz") as npz:

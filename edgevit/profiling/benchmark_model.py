@@ -1,7 +1,8 @@
 """TFLite's `benchmark_model` as the device side where a phone has no Python.
 
 The adb transport uses it when the target names the binary
-(``adb://SERIAL?benchmark_model=/data/local/tmp/benchmark_model``): push the .tflite, run
+(``adb://SERIAL?benchmark_model=/data/local/tmp/benchmark_model``, a device path checked by
+target.py): push the .tflite, run
 ``benchmark_model --graph=... --num_threads=N --num_runs=R``, parse its log into the same
 keys the runner prints. benchmark_model times only; it cannot return outputs, so a
 numerical check of the same .tflite runs on this machine with the runner, and the result
@@ -14,6 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable
 
+from edgevit.bundle_files import BUNDLE_JSON, model_file, read_bundle_json
 from edgevit.errors import RunnerError
 
 # "count=50 first=10546 curr=8580 min=8455 max=10546 avg=8714.5 std=298 [p5=.. median=.. p95=..]"
@@ -63,7 +65,7 @@ def run_benchmark_model(adb: Callable[..., Any], serial: str, binary: str, remot
     if batch != 1 and _graph_batch(artifact) != batch:
         raise RunnerError(f"{artifact}: benchmark_model runs the graph's own batch ({_graph_batch(artifact)}), not --batch {batch}",
                           "re-export with session_options.batch or profile with --batch 1")
-    pushed = adb("push", str(model), f"{remote}/")
+    pushed = adb("push", "--", str(model.absolute()), f"{remote}/")
     if pushed.returncode != 0:
         raise RunnerError(f"adb {serial}: push failed: {pushed.stderr.strip()}")
     args = benchmark_args(binary, f"{remote}/{model.name}", max(runs, 1), warmup, threads)
@@ -84,10 +86,7 @@ def run_benchmark_model(adb: Callable[..., Any], serial: str, binary: str, remot
 
 def _tflite_of(artifact: Path) -> Path:
     if artifact.is_dir():
-        import json
-
-        bundle = json.loads((artifact / "bundle.json").read_text())
-        artifact = artifact / bundle["model_file"]
+        artifact = model_file(artifact)  # checked to lie inside the bundle folder
     if artifact.suffix != ".tflite":
         raise RunnerError(f"{artifact}: benchmark_model runs .tflite models only",
                           "drop ?benchmark_model= from the target for ONNX / OpenVINO artifacts (they need the Python runner)")
@@ -95,10 +94,8 @@ def _tflite_of(artifact: Path) -> Path:
 
 
 def _graph_batch(artifact: Path) -> int | None:
-    import json
-
-    bundle_file = artifact / "bundle.json" if artifact.is_dir() else None
-    if bundle_file is None or not bundle_file.is_file():
+    if not (artifact / BUNDLE_JSON).is_file():
         return None
-    shape = json.loads(bundle_file.read_text())["inputs"][0]["shape"]
-    return shape[0] if isinstance(shape[0], int) else None
+    inputs = read_bundle_json(artifact).get("inputs")
+    shape = inputs[0].get("shape") if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else None
+    return shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else None

@@ -2,9 +2,12 @@
 
 targets.yaml:
     devices:
-      - {name: orin-nano, target: "ssh://ubuntu@10.0.0.20?python=python3", threads: 6}
+      - {name: orin-nano, target: "ssh://ubuntu@10.0.0.20?python=/usr/bin/python3", threads: 6}
       - {name: pixel-8, target: "adb://39021FDH2000ZQ?python=/data/local/tmp/py/bin/python3", threads: 4}
       - {name: this-box, target: local, threads: 2}
+
+A fleet file is someone else's file like a recipe: every target is parsed and validated
+(target.py) when it is loaded; programs and keys on this machine come from the environment.
 """
 from __future__ import annotations
 
@@ -14,16 +17,17 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from edgevit.errors import EdgevitError, RecipeError, RunnerError
+from edgevit.profiling.target import parse_target
 from edgevit.profiling.transport import transport_for
 from edgevit.schema import StrictModel, first_error
 from edgevit.yamlfile import load_yaml
 
 
 class Device(StrictModel):
-    name: str
+    name: str = Field(min_length=1, max_length=64)
     target: str = Field(description="local, ssh://user@host[:port]?..., or adb://SERIAL?...")
-    threads: int = Field(2, ge=1)
-    batch: int = Field(1, ge=1)
+    threads: int = Field(2, ge=1, le=1024)
+    batch: int = Field(1, ge=1, le=4096)
     runtime: str | None = Field(None, description="documentation only: what the board runs")
 
 
@@ -39,8 +43,8 @@ def load_fleet(path: Path) -> Fleet:
     names = [d.name for d in fleet.devices]
     if len(set(names)) != len(names):
         raise RecipeError(f"{path}: device names must be unique", "rename the duplicates")
-    for d in fleet.devices:
-        transport_for(d.target)  # fail on a malformed target before any device is touched
+    for i, d in enumerate(fleet.devices):
+        parse_target(d.target, f"{path}: devices[{i}].target")  # fail on a malformed target before any device is touched
     return fleet
 
 

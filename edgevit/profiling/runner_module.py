@@ -19,4 +19,5 @@ def runner_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
+    module.load_session_modules()  # runtimes that are not built in (session_<runtime>.py beside it)
     return module

@@ -1,0 +1,58 @@
+"""`kind: exits` declared: LGViT early-exit heads, exported as a cascade of stage graphs.
+Needs a runtime that runs cascades, training images, and nothing after it but quantize.
+Implementation: `edgevit.passes.exits`."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from edgevit.passes.base import PassConfig
+from edgevit.passes.specs import PassSpec
+from edgevit.training_config import FinetuneConfig
+
+class ExitTrainConfig(FinetuneConfig):
+    """Head training on cached features: more epochs and a larger rate than a fine-tune."""
+
+    epochs: float = Field(10.0, gt=0, le=1000)
+    lr: float = Field(1e-3, gt=0, le=1)
+    batch_size: int = Field(128, ge=1, le=4096)
+    max_images: int | None = Field(20000, ge=1, le=100_000_000, description="seeded subset of --train-data whose features are cached")
+    max_minutes: float | None = Field(8.0, gt=0, le=10_080)
+    feature_weight: float = Field(0.0, ge=0, le=1000, description="weight of the MSE between a head's embedding and the final pre-logits")
+
+
+class ExitsConfig(PassConfig):
+    kind: Literal["exits"] = "exits"
+    after_blocks: list[Annotated[int, Field(ge=1, le=10_000)]] | None = Field(None, description="1-based blocks followed by an exit (not the last block)")
+    count: int | None = Field(None, ge=1, le=10_000, description="number of exits spread evenly over the blocks")
+    head: Literal["auto", "local", "global", "linear"] = Field(
+        "auto", description="auto: local perception in the first half of the blocks, global aggregation after")
+    rule: Literal["entropy", "confidence"] = "entropy"
+    max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the cascade may lose on held-out images")
+    holdout_images: int = Field(2000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
+    cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
+    train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> "ExitsConfig":
+        if self.after_blocks is not None and self.count is not None:
+            raise ValueError("give after_blocks or count, not both")
+        return self
+
+
+class ExitsSpec(PassSpec):
+    kind = "exits"
+    config_type = ExitsConfig
+    implementation = "edgevit.passes.exits:ExitsPass"
+    requires = frozenset({"train_data"})
+    unique = True
+    followers = frozenset({"quantize"})  # heads are trained on the final backbone
+    not_after = frozenset({"quantize"})
+    needs_final_weights = True  # heads train on the frozen backbone  # quantize after exits: thresholds re-calibrated on the quantized stages
+
+    def features(self, cfg: Any) -> set[str]:
+        return {"cascade"}
+
+    def adapter_needs(self, cfg: Any) -> set[str]:
+        return {"stages", "exit_tokens"}

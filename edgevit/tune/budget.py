@@ -1,0 +1,87 @@
+"""The --budget grammar and what "meets the budget" means.
+
+    --budget latency_ms=12.5          p50 latency on the target, in ms
+    --budget size_mb=5                artifact size (all its files), in MB (1e6 bytes)
+    --budget latency_ms=0.5x          relative: half the fp32 model's, measured on the same target
+    --budget latency_ms=20,size_mb=8  both
+
+A trial meets the budget when every limit holds and its top-1 on the validation split is
+at most --max-drop points below the fp32 model's on the same images.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edgevit.errors import EdgevitError
+
+# metric -> (what it is, unit): the objectives tune minimises besides accuracy
+METRICS = {"latency_ms": ("p50 latency on the target", "ms"), "size_mb": ("artifact size", "MB")}
+FIX = "write METRIC=VALUE[,METRIC=VALUE] with METRIC one of latency_ms, size_mb and VALUE a positive number " \
+      "or a multiple of the fp32 model's (e.g. latency_ms=20, size_mb=5, latency_ms=0.5x)"
+_TERM = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x?)\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    metric: str
+    value: float
+    relative: bool  # value times the fp32 baseline's metric
+
+    def resolve(self, baseline: dict[str, float]) -> float:
+        return self.value * baseline[self.metric] if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}{'x' if self.relative else ''}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    limits: tuple[Limit, ...]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [limit.metric for limit in self.limits]
+
+    def resolve(self, baseline: dict[str, float]) -> dict[str, float]:
+        """Absolute limits (relative ones against the measured fp32 baseline)."""
+        return {limit.metric: limit.resolve(baseline) for limit in self.limits}
+
+    def __str__(self) -> str:
+        return ",".join(str(limit) for limit in self.limits)
+
+
+def parse_budget(text: str) -> Budget:
+    limits: list[Limit] = []
+    for term in (text or "").split(","):
+        m = _TERM.match(term)
+        if not m:
+            raise EdgevitError(f"--budget {text!r}: cannot read {term.strip()!r}", FIX)
+        metric, value, relative = m.group(1), float(m.group(2)), bool(m.group(3))
+        if metric not in METRICS:
+            raise EdgevitError(f"--budget {text!r}: unknown metric '{metric}'", FIX)
+        if not (math.isfinite(value) and value > 0):
+            raise EdgevitError(f"--budget {text!r}: {metric} must be positive", FIX)
+        if metric in (limit.metric for limit in limits):
+            raise EdgevitError(f"--budget {text!r}: {metric} given twice", FIX)
+        limits.append(Limit(metric, value, relative))
+    return Budget(tuple(limits))
+
+
+def drop_points(top1: float, baseline_top1: float) -> float:
+    """Top-1 points lost against the fp32 model on the same images."""
+    return (baseline_top1 - top1) * 100
+
+
+def constraints(record: dict[str, Any], limits: dict[str, float], baseline_top1: float, max_drop: float) -> list[float]:
+    """Optuna's convention: each value <= 0 when satisfied (relative excess for the limits,
+    points beyond --max-drop for accuracy), so the sampler learns where the feasible region is."""
+    out = [drop_points(record["top1"], baseline_top1) - max_drop]
+    out += [record[m] / lim - 1 for m, lim in limits.items()]
+    return out
+
+
+def meets(record: dict[str, Any], limits: dict[str, float], baseline_top1: float, max_drop: float) -> bool:
+    return all(c <= 0 for c in constraints(record, limits, baseline_top1, max_drop))

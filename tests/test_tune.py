@@ -1,0 +1,317 @@
+"""`edgevit tune`: budget grammar, search-space validation, errors before any trial, a real
+study on a tiny model (failed trial recorded, resume repeats nothing, the chosen recipe
+reruns with `edgevit compress` to the same figures), kill -9 + --resume, two storage
+workers on one study, and Ray."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_images
+from edgevit.errors import EdgevitError
+from edgevit.tune.budget import parse_budget
+
+EDGEVIT = str(Path(sys.executable).with_name("edgevit"))
+
+# test_vit (6 blocks, 2 heads) with 2 outputs; pruning attention only can remove at most
+# ~24 % of its FLOPs, so flops_reduction 0.9 fails inside the pass: a real failed trial.
+TINY = """\
+name: tiny_tune
+model: {{name: test_vit, model_args: {{num_classes: 2}}}}
+passes:
+  - {{kind: prune, flops_reduction: 0.2, modules: [attention], channel_multiple: 8}}
+exports: [x86-onnxruntime]
+evaluation: {{batch_size: 8, check_batch: 2}}
+profile: {{runs: 3, warmup: 1, threads: 1}}
+search:
+  {search}
+"""
+FAILING_SPACE = "passes[0].flops_reduction: {choices: [0.1, 0.9]}"
+RANGE_SPACE = "passes[0].flops_reduction: {low: 0.05, high: 0.2}"
+
+
+@pytest.fixture
+def train(tmp_path) -> Path:
+    return write_images(tmp_path / "train", per_class=6, size=24)
+
+
+def tiny(write_recipe, space=FAILING_SPACE, name="tiny.yaml") -> Path:
+    return write_recipe(TINY.format(search=space), name)
+
+
+def tune_args(recipe, train, out, *extra):
+    return ["tune", "--recipe", recipe, "--budget", "latency_ms=10000", "--train-data", train, "--out", out,
+            "--val-images", "4", *extra]
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+# -- budget, space, errors before any trial ---------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("latency_ms=12.5", {"latency_ms": 12.5}),
+    ("size_mb=5", {"size_mb": 5.0}),
+    ("latency_ms=0.5x", {"latency_ms": 10.0}),  # relative to the measured fp32 baseline (20 ms here)
+    (" latency_ms = 20 , size_mb=1e1 ", {"latency_ms": 20.0, "size_mb": 10.0}),
+])
+def test_budget_parses(text, expected):
+    assert parse_budget(text).resolve({"latency_ms": 20.0, "size_mb": 100.0}) == expected
+
+
+@pytest.mark.parametrize("text, says", [
+    ("", "cannot read"), ("latency=5", "unknown metric 'latency'"), ("latency_ms=-1", "cannot read"),
+    ("latency_ms=0", "must be positive"), ("latency_ms=5,latency_ms=6", "given twice"), ("size_mb=5mb", "cannot read"),
+    ("latency_ms=nan", "cannot read"),
+])
+def test_budget_refuses(text, says):
+    with pytest.raises(EdgevitError) as err:
+        parse_budget(text)
+    assert says in err.value.message and "latency_ms" in err.value.hint
+
+
+@pytest.mark.parametrize("space, says", [
+    ("passes[0].flops_reductoin: {low: 0.1, high: 0.3}", "has no parameter 'flops_reductoin' (did you mean 'flops_reduction'?)"),
+    ("passes[3].flops_reduction: {low: 0.1, high: 0.3}", "the recipe has 1 pass(es)"),
+    ("flops_reduction: {low: 0.1, high: 0.3}", "is not a parameter path"),
+    ("passes[0].flops_reduction: {low: 0.1, high: 0.97}", "value 0.97 makes the pass invalid"),
+    ("passes[0].flops_reduction.x: {low: 0.1, high: 0.3}", "is a value, not a block"),
+    ("passes[0].kind: {choices: [tome]}", "has no parameter 'kind'"),
+    ("passes[0].flops_reduction: {low: 0.3, high: 0.1}", "must be below high"),
+    ("passes[0].flops_reduction: {choices: [0.1], low: 0.1}", "either choices or low/high"),
+])
+def test_unknown_or_invalid_search_parameter_is_refused_at_validate(cli, write_recipe, space, says):
+    result = cli("validate", tiny(write_recipe, space))
+    assert result.exit_code == 2 and says in result.output and "fix:" in result.output, result.output
+
+
+def test_shipped_stack_recipes_validate_without_torch_or_optuna():
+    code = ("import sys; from edgevit.recipe import load_recipe, recipe_targets\n"
+            "for n in ('stack_deit', 'stack_swin'):\n"
+            "    r = load_recipe(n); recipe_targets(r); assert r.recipe.search, n\n"
+            "bad = [m for m in ('torch', 'optuna', 'ray') if m in sys.modules]\nassert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--budget", "latency_ms=fast"], "--budget 'latency_ms=fast': cannot read"),
+    (["--storage", "postgresql://tuner:s3cret@127.0.0.1:1/edgevit"], "cannot open the study storage"),
+    (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "cannot open the study storage"),
+    (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: unreachable"),
+    (["--ray-address", "nonsense"], "expected HOST:PORT"),
+    (["--target", "ssh://-oProxyCommand=x@host"], "--target"),
+    (["--sampler", "bayes"], "--sampler bayes: unknown"),
+    (["--export", "x86-tensorrt"], "is not timed by edgevit"),
+])
+def test_bad_inputs_fail_before_any_trial(cli, write_recipe, train, tmp_path, extra, says):
+    out = tmp_path / "study"
+    t0 = time.monotonic()
+    result = cli(*tune_args(tiny(write_recipe), train, out), *extra)  # later options win
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "fix:" in result.output and "s3cret" not in result.output, result.output
+    assert not (out / "trials").exists() and not (out / "baseline").exists()
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_unreachable_target_fails_at_the_baseline_before_any_trial(cli, write_recipe, train, tmp_path):
+    out = tmp_path / "study"
+    result = cli(*tune_args(tiny(write_recipe), train, out, "--target", "ssh://nobody@127.0.0.1:1?timeout=20"))
+    assert result.exit_code == 2, result.output
+    assert "--target ssh://nobody@127.0.0.1:1?timeout=20: the fp32 baseline could not be run there" in result.output
+    assert "fix:" in result.output and not (out / "trials").exists()
+
+
+def test_recipe_without_search_is_refused(cli, write_recipe, train, tmp_path):
+    recipe = write_recipe(TINY.format(search="").replace("search:\n", ""))
+    result = cli(*tune_args(recipe, train, tmp_path / "s"))
+    assert result.exit_code == 2 and "no search: block" in result.output
+
+
+# -- a real study ------------------------------------------------------------------------
+
+def test_study_records_failures_resumes_without_repeats_and_chosen_recipe_reruns(cli, write_recipe, train, tmp_path):
+    recipe, out = tiny(write_recipe), tmp_path / "study"
+    result = cli(*tune_args(recipe, train, out, "--trials", "2", "--sampler", "grid"))
+    assert result.exit_code == 0, result.output
+    data = results(out)
+    by_value = {t["values"]["passes[0].flops_reduction"]: t for t in data["trials"]}
+    failed, done = by_value[0.9], by_value[0.1]
+    assert failed["state"] == "fail" and "prune: cannot remove 90%" in failed["reason"]  # recorded with its reason
+    assert done["state"] == "complete" and done["meets_budget"]
+    rec = done["record"]
+    assert rec["latency_ms"] > 0 and 0 < rec["size_mb"] < data["baseline"]["size_mb"] and 0 <= rec["top1"] <= 1
+    assert rec["val_images"] == 4 and rec["flops"] < data["baseline"]["flops"] and rec["where_run"].startswith("this machine")
+    assert data["pareto"] == [done["number"]] and data["chosen"] == {"fastest": done["number"], "most_accurate": done["number"]}
+    assert (out / "pareto.png").stat().st_size > 0 and "| complete |" in (out / "trials.md").read_text()
+    assert (out / "trials" / f"{done['number']:04d}" / "record.json").is_file()
+    # the split: validation images never in the training half, both from --train-data
+    val = {p.resolve() for p in (out / "split/val").rglob("*.png")}
+    rest = {p.resolve() for p in (out / "split/train").rglob("*.png")}
+    assert len(val) == 4 and len(rest) == 8 and not val & rest and all(train in p.parents for p in val | rest)
+
+    # the same study again: refused without --resume; a different one: refused whatever
+    again = cli(*tune_args(recipe, train, out, "--trials", "2", "--sampler", "grid"))
+    assert again.exit_code == 2 and "already holds this study" in again.output
+    other = cli(*tune_args(recipe, train, out, "--trials", "2", "--sampler", "grid", "--budget", "size_mb=3"))
+    assert other.exit_code == 2 and "holds study" in other.output and "two studies never share one" in other.output
+    # --resume with a larger --trials: the grid (2 points) is measured, nothing runs again
+    resumed = cli(*tune_args(recipe, train, out, "--trials", "4", "--sampler", "grid", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert [t["number"] for t in results(out)["trials"]] == [t["number"] for t in data["trials"]]
+
+    # the chosen recipe is a plain recipe: compress runs it as it is, to the same figures
+    chosen = out / "chosen" / "fastest.yaml"
+    assert "search:" not in chosen.read_text()
+    rerun = tmp_path / "rerun"
+    result = cli("compress", "--recipe", chosen, "--data", out / "split/val", "--train-data", out / "split/train", "--out", rerun)
+    assert result.exit_code == 0, result.output
+    report = json.loads((rerun / "report.json").read_text())
+    assert report["passes"][0]["config"]["flops_reduction"] == 0.1
+    assert report["artifacts"][0]["size_bytes"] / 1e6 == pytest.approx(rec["size_mb"])  # byte-identical export
+    assert report["accuracy"]["top1"]["x86-onnxruntime"] == rec["top1"]
+    assert report["flops"]["after"] == rec["flops"]
+
+
+def test_hopeless_trials_are_pruned_before_compress_and_the_study_goes_on(cli, write_recipe, train, tmp_path):
+    out = tmp_path / "study"
+    # a size no stack of this model can reach: the parameter count x 32 bits is over it, so
+    # each trial is pruned after the training-free pre-check, before any export
+    result = cli(*tune_args(tiny(write_recipe, RANGE_SPACE), train, out, "--trials", "2", "--sampler", "tpe",
+                            "--budget", "size_mb=0.01"))
+    assert result.exit_code == 0, result.output
+    data = results(out)
+    assert [t["state"] for t in data["trials"]] == ["pruned", "pruned"] and data["chosen"] == {}
+    for t in data["trials"]:
+        assert t["reason"].startswith("size at least") and "> budget 0.01 MB" in t["reason"]
+        assert 0 < t["record"]["precheck"]["flops_ratio"] < 1
+        assert not (out / "trials" / f"{t['number']:04d}" / "run").exists()
+    assert "no trial met the budget" in result.output and "trial 2/2" in result.output
+
+
+def _study_trials(out: Path) -> list:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+
+
+def _wait_for(predicate, proc, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"tune exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        try:
+            if predicate():
+                return
+        except Exception:  # the database may not exist yet, or be mid-write
+            pass
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_resume_loses_and_repeats_nothing(write_recipe, train, tmp_path):
+    recipe, out = tiny(write_recipe, RANGE_SPACE), tmp_path / "study"
+    args = [EDGEVIT, *map(str, tune_args(recipe, train, out, "--trials", "3", "--sampler", "random"))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # kill once one trial is finished and the next one is running
+        _wait_for(lambda: [t.state.name for t in _study_trials(out)] == ["COMPLETE", "RUNNING"], proc, 600)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = {t.number: t for t in _study_trials(out)}
+    finished = before[0]
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "were interrupted" in resumed.stderr
+    rows = {t["number"]: t for t in results(out)["trials"]}
+    # the finished trial is kept as it was, not run again
+    assert rows[0]["state"] == "complete" and rows[0]["record"] == finished.user_attrs["record"]
+    # the killed one is failed with the reason; its values are measured once, by a new trial
+    killed = rows[1]
+    assert killed["state"] == "fail" and killed["interrupted"] and "interrupted: worker" in killed["reason"]
+    requeued = [r for r in rows.values() if r["requeued_from"] == 1]
+    assert len(requeued) == 1 and requeued[0]["values"] == killed["values"] and requeued[0]["state"] == "complete"
+    counted = [r for r in rows.values() if not r["interrupted"]]
+    assert len(counted) == 3 and all(r["same_as"] is None for r in counted)
+    values = [json.dumps(r["values"], sort_keys=True) for r in counted]
+    assert len(set(values)) == len(values)  # nothing measured twice, nothing re-drawn by a replayed seed
+
+
+@pytest.mark.slow
+def test_two_storage_workers_share_one_study(write_recipe, train, tmp_path):
+    recipe = tiny(write_recipe, RANGE_SPACE)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = [subprocess.Popen([EDGEVIT, *map(str, tune_args(recipe, train, tmp_path / f"worker{i}", "--trials", "4",
+                                                               "--sampler", "random", "--storage", storage))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-3000:]
+    import optuna
+
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and len([t for t in trials if t.state.is_finished()]) >= 4
+    owners = {t.user_attrs["owner"]["pid"] for t in trials}
+    assert len(owners) == 2  # both workers ran trials of the one study
+    # each worker's --out shows every trial of the study, whichever worker ran it
+    assert {t["number"] for t in results(tmp_path / "worker0")["trials"]} == set(numbers)
+
+
+@pytest.mark.slow
+def test_ray_workers_run_trials_and_stop_the_local_instance(write_recipe, train, tmp_path):
+    from edgevit.tune.run import TuneOptions, tune
+
+    out = tmp_path / "study"
+    t0 = time.monotonic()
+    summary = tune(TuneOptions(recipe=str(tiny(write_recipe, RANGE_SPACE)), budget="latency_ms=10000", train_data=train,
+                               out=out, val_images=4, trials=2, sampler="random", workers=2))
+    assert summary["ray"].startswith("127.0.0.1:")  # the local instance listened on the loopback only
+    import ray
+
+    assert not ray.is_initialized()  # and was shut down with the study
+    assert summary["chosen"]
+    data = results(out)
+    assert [t["state"] for t in data["trials"]] == ["complete", "complete"]
+    # the two trials ran as Ray tasks at the same time, but never timed on the device at once
+    holds = sorted(h for t in data["trials"] for h in t["record"]["device_holds"])
+    assert len(holds) == 2 and all(a[1] <= b[0] for a, b in zip(holds, holds[1:]))
+    assert time.monotonic() - t0 < 600
+
+
+def test_device_lock_serialises_runs(tmp_path):
+    import threading
+
+    from edgevit.tune.locks import LockedTransport, LockSpec
+
+    class Slow:
+        name = "fake"
+
+        def run(self, *a, **k):
+            time.sleep(0.3)
+
+    spec = LockSpec("file", "ssh://user@board", str(tmp_path / "locks"))
+    transports = [LockedTransport(Slow(), spec) for _ in range(3)]
+    threads = [threading.Thread(target=t.run) for t in transports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    holds = sorted(h for t in transports for h in t.holds)
+    assert len(holds) == 3 and all(a[1] <= b[0] for a, b in zip(holds, holds[1:]))
+    assert sum(t.waited_s for t in transports) >= 0.5  # two of them queued
