@@ -38,10 +38,20 @@ class CascadeStage(_Typed):
     threshold: float | None = Field(description="null: never exit here (the last stage)")
 
 
+class CascadeGraph(_Typed):
+    """The whole cascade as one graph that returns early through If (export form if_graph)."""
+    file: str
+    thresholds_input: str = Field(description="float[exits] input: exit k when its score >= t_k (score: max softmax, "
+                                              "or minus the entropy; +inf: never), fed from the stages' thresholds")
+    index_output: str = Field(description="int64 scalar output: the exit taken (the last = the final classifier)")
+    used_for: str = ""
+
+
 class CascadeSpec(_Typed):
     rule: Literal["entropy", "confidence"]
     stages: list[CascadeStage] = Field(min_length=1)
     rule_meaning: str = ""
+    graph: CascadeGraph | None = None
 
 
 class ReferenceModel(_Typed):

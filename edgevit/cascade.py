@@ -28,6 +28,14 @@ def attach_exits(model: nn.Module, specs: list[HeadSpec]) -> nn.Module:
     return model
 
 
+def keep_exits(model: nn.Module, keep: list[int]) -> nn.Module:
+    """Only the exits ``keep`` (indices into the attached heads, trained weights kept)."""
+    specs, heads = exit_specs(model), list(model.edgevit_exits)
+    model.edgevit_exits = nn.ModuleList(heads[k] for k in keep)
+    model.edgevit_exit_specs = [specs[k] for k in keep]
+    return model
+
+
 def exit_output_name(index: int) -> str:
     return f"exit{index}_logits"
 

@@ -39,7 +39,7 @@ class LoweringPlan:
         fields: dict[str, Any] = {"pass_records": list(records), "layer_precision": {}, "int4_block": {}, "simulated_layers": []}
         for record in records:
             structure = record["structure"]
-            if record["kind"] == "exits":
+            if record["kind"] == "exits" and structure["heads"]:  # no exit paid for itself: a plain graph
                 fields["cascade"] = structure
             if "layer_precision" in structure:  # a pass that sets per-layer precision (quantize)
                 simulated = structure.get("simulated_layers", [])

@@ -174,7 +174,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
             if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
                 exported = ExportedArtifact(stage / artifact["path"], plan.quantized, transport, recipe.profile.threads,
                                             recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache)
-                _after_export(records, exported, artifact)
+                warnings += _after_export(records, exported, artifact)
             artifacts.append(artifact)
             profiles[profile.name] = timing
     finally:
@@ -186,6 +186,11 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     cascade = None
     if exit_specs(model):
         cascade = _evaluate_cascades(loaded, inputs.eval_folder, data_config, recipe, stage, artifacts, transport)
+        for name, measured in cascade.get("artifacts", {}).items():
+            if measured.get("speedup_mean", 1.0) < 1.0:
+                warnings.append(f"{name}: the cascade is slower than the same network without exits on the evaluation images "
+                                f"({measured['speedup_mean']:.2f}x mean latency, report.cascade)")
+                progress.warn(warnings[-1])
 
     calib_text = calibration.manifest_text()
     write_text(stage / "calibration.yaml", calib_text)
@@ -327,15 +332,19 @@ def _file_entries(bundle_dir: Path) -> list[dict[str, Any]]:
     return [{"path": f.name, "sha256": sha256_file(f), "size_bytes": f.stat().st_size} for f in files]
 
 
-def _after_export(records: list[dict[str, Any]], exported: ExportedArtifact, artifact: dict[str, Any]) -> None:
+def _after_export(records: list[dict[str, Any]], exported: ExportedArtifact, artifact: dict[str, Any]) -> list[str]:
     """Each pass that finishes its work on an exported artifact (``after_export``) does it
-    now; what it adds goes into the artifact's report entry, and changed files are re-hashed."""
+    now; what it adds goes into the artifact's report entry (its "warnings" into the
+    run's), and changed files are re-hashed. Returns those warnings."""
+    warnings: list[str] = []
     for record in records:
         hook = getattr(pass_impl(record["kind"])(), "after_export", None)
         added = hook(record, exported) if hook else None
         if added:
+            warnings += added.pop("warnings", [])
             artifact.update(added)
             artifact["files"] = _file_entries(exported.bundle_dir)
+    return warnings
 
 
 def _evaluate(model, original, loaded: LoadedModel, folder: ImageFolder, data_config, recipe: Recipe, stage: Path,
@@ -369,6 +378,9 @@ def _evaluate_cascades(loaded: LoadedModel, folder: ImageFolder | None, data_con
     for a in artifacts:
         if a["checked_in"] != a["runtime"]:
             out["artifacts"][a["name"]] = {"evaluated": False, "reason": f"{a['runtime']} not run here"}
+            continue
+        if "cascade" not in json.loads((stage / a["path"] / "bundle.json").read_text()):
+            out["artifacts"][a["name"]] = {"evaluated": False, "reason": "published without exits (see the artifact's cascade_gate)"}
             continue
         progress.step(f"running the cascade {a['name']} on {len(samples)} images ({transport.name}, batch {p.batch})")
         result = transport.run(stage / a["path"], runs=0, warmup=0, threads=p.threads, batch=p.batch,

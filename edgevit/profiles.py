@@ -49,7 +49,7 @@ def load_profile(name_or_path: str) -> TargetProfile:
     try:
         profile = TargetProfile.model_validate(load_yaml(path))
     except ValidationError as exc:
-        raise RecipeError(f"{path}: {first_error(exc, TargetProfile)}") from None
+        raise RecipeError(f"{path}: {first_error(exc, TargetProfile)}", "see README 'Export profiles' for the fields") from None
     caps = runtime(profile.runtime, f"{path}: ")
     if profile.format not in caps.formats:
         raise RecipeError(f"{path}: format: {caps.name} does not load '{profile.format}'" + did_you_mean(profile.format, caps.formats),

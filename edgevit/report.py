@@ -14,8 +14,20 @@ NON_FINITE_HINT = ("the model produced NaN/inf: check the checkpoint's weights, 
 
 def write_report_files(folder: Path, report: dict[str, Any]) -> None:
     """report.json (strict JSON: a NaN there is an error, not a file other tools choke on)
-    and its Markdown rendering, beside each other in ``folder``."""
-    text = dumps_finite(report, "report.json", NON_FINITE_HINT, indent=2, sort_keys=False)
+    and its Markdown rendering, beside each other in ``folder``. The report is checked
+    against the typed contract its readers use (``edgevit.report_schema``) first."""
+    from pydantic import ValidationError
+
+    from edgevit.errors import EdgevitError
+    from edgevit.report_schema import ReportFile
+    from edgevit.schema import first_error
+
+    text = dumps_finite(report, "report.json", NON_FINITE_HINT, indent=2, sort_keys=False)  # NaN: the model's fault
+    try:
+        ReportFile.model_validate(report)
+    except ValidationError as exc:  # edgevit wrote something its own readers would refuse: a bug
+        raise EdgevitError(f"report.json: {first_error(exc, ReportFile)}",
+                           "this is a bug in edgevit: please report it with the recipe") from None
     write_text(folder / "report.json", text + "\n")
     write_text(folder / "report.md", render_markdown(report))
 

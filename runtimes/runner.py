@@ -610,6 +610,7 @@ class CascadeSession(object):
             path = bundle_path(folder, stage["file"], "cascade.stages[{}].file".format(k))
             self.sessions.append(_open_session(session_class, bundle, folder, path, options, threads, profile_ops))
         self._check_wiring()
+        self.graph = self._open_graph(manifest.get("graph"), bundle, folder, session_class, options, threads, profile_ops)
         first = self.sessions[0]
         self.runtime, self.version, self.inputs = first.runtime, first.version, first.inputs
         self.output_names = [stage["name"] for stage in self.stages]
@@ -632,6 +633,26 @@ class CascadeSession(object):
                 if passed != sorted(name for name, _, _ in self.sessions[k + 1].inputs):
                     raise RunnerFailure("bundle.json: cascade.stages[{}]: its inputs are not what stage {} passes on; {}".format(
                         k + 1, k, REEXPORT))
+
+    def _open_graph(self, graph, bundle, folder, session_class, options, threads, profile_ops):
+        """The whole cascade as one graph that returns early through If (export form
+        if_graph), used for single images; None when the bundle has only stages."""
+        if graph is None:
+            return None
+        if not isinstance(graph, dict) or not all(isinstance(graph.get(k), str) for k in ("file", "thresholds_input", "index_output")):
+            raise RunnerFailure("bundle.json: cascade.graph: expected {{file, thresholds_input, index_output}}; {}".format(REEXPORT))
+        path = bundle_path(folder, graph["file"], "cascade.graph.file")
+        session = _open_session(session_class, bundle, folder, path, options, threads, profile_ops)
+        names = [name for name, _, _ in session.inputs]
+        if graph["thresholds_input"] not in names or graph["index_output"] not in session.output_names:
+            raise RunnerFailure("bundle.json: cascade.graph: {} lacks its thresholds input or exit index output; {}".format(
+                graph["file"], REEXPORT))
+        # in the graph's units: exit when score >= t (score: max softmax, or minus the entropy); never: +inf
+        scores = [np.inf if s["threshold"] is None else (s["threshold"] if self.rule == "confidence" else -s["threshold"])
+                  for s in self.stages[:-1]]
+        self.graph_feeds = {graph["thresholds_input"]: np.array(scores, dtype=np.float32)}
+        self.graph_index = graph["index_output"]
+        return session
 
     def run(self, feeds):
         outputs, current = {}, feeds
@@ -665,8 +686,14 @@ class CascadeSession(object):
         return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) <= threshold
 
     def classify(self, feeds):
-        """(predicted class, exit index, per-stage ms) for one batch, run as a cascade."""
+        """(predicted class, exit index, per-stage ms) for one batch, run as a cascade: a
+        single image through the one-graph cascade when the bundle has it (no per-stage
+        ms then: one call), a batch through the stage sessions with compaction."""
         batch = len(next(iter(feeds.values())))
+        if self.graph is not None and batch == 1:
+            feeds = dict(feeds, **self.graph_feeds)
+            out = self.graph.run(feeds)
+            return out[self.stages[-1]["name"]].argmax(-1), np.full(1, int(out[self.graph_index]), dtype=np.int64), []
         predicted = np.zeros(batch, dtype=np.int64)
         exited = np.zeros(batch, dtype=np.int64)
         remaining = np.arange(batch)
@@ -756,6 +783,8 @@ def evaluate_cascade(session, images, labels, batch):
                 reference_correct += int((next(iter(logits.values())).argmax(-1) == labels[start:start + batch]).sum())
     n = len(images)
     result = {"images": n, "batch": batch, "rule": session.rule,
+              "executed_as": ("one graph, early return through If (no per-stage latency)" if session.graph is not None and batch == 1
+                              else "one session per stage, batch compacted after each exit"),
               "thresholds": [s["threshold"] for s in session.stages[:-1]],
               "exit_histogram": histogram, "exit_rates": [h / float(n) for h in histogram],
               "latency": latency_stats(total_ms),

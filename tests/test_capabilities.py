@@ -107,7 +107,7 @@ def test_plan_resolution_is_pure_and_frozen():
 
 def test_a_runtime_declaration_is_checked(tmp_path):
     bad = tmp_path / "toyrt.yaml"
-    bad.write_text("name: toyrt\nformats: [onnx]\nprecisions: [fp32, int3]\nruns_here: true\n")
+    bad.write_text("name: toyrt\nexporter: edgevit.exporters.onnx:OnnxExporter\nformats: [onnx]\nprecisions: [fp32, int3]\nruns_here: true\n")
     with pytest.raises(RecipeError, match="toyrt.yaml: precisions"):
         capabilities.load_runtime(bad)
 
@@ -117,3 +117,25 @@ def test_a_profile_naming_an_undeclared_runtime_is_refused(tmp_path):
     profile.write_text("name: p\nformat: onnx\nruntime: onnxruntim\nprecisions: [fp32]\n")
     with pytest.raises(RecipeError, match="unknown 'onnxruntim'.*did you mean 'onnxruntime'"):
         load_profile(str(profile))
+
+
+def test_shipped_bundle_schema_is_the_typed_model():
+    """runtimes/bundle.schema.json is what devices and other tools read: it must be the
+    schema of the model every exporter writes through (regenerate it if this fails)."""
+    import json
+
+    from edgevit.bundle import bundle_json_schema
+
+    shipped = json.loads((resources.shipped("runtimes") / "bundle.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(bundle_json_schema()))
+
+
+def test_runner_refuses_an_unknown_bundle_schema_version(tmp_path):
+    import json
+
+    from edgevit.profiling import runner_module
+
+    (tmp_path / "bundle.json").write_text(json.dumps({"schema_version": 2, "format": "onnx", "model_file": "m.onnx"}))
+    runner = runner_module()
+    with pytest.raises(runner.RunnerFailure, match="schema_version 2 is not one this runner knows"):
+        runner.read_bundle(str(tmp_path))

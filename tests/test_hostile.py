@@ -289,17 +289,22 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         load_images(samples, config)
 
 
-def test_full_disk_is_one_line(cli, write_recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "disk is full"), (errno.EACCES, "no permission"),
+                                       (errno.EROFS, "read-only"), (errno.ENOTDIR, "a file is in the way")])
+def test_os_errors_are_one_line_with_their_fix(cli, write_recipe, tmp_path, monkeypatch, code, fix):
+    import os
+
     import edgevit.pipeline
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run"))
+    def fail(*args, **kwargs):  # e.g. the disk fills up while the artifacts are written
+        raise OSError(code, os.strerror(code), str(tmp_path / "run" / "model.onnx"))
 
-    monkeypatch.setattr(edgevit.pipeline, "_run", full)
+    monkeypatch.setattr(edgevit.pipeline, "_run", fail)
     recipe = write_recipe("name: tiny\nmodel: {name: test_vit}\nexports: [x86-onnxruntime]\n")
-    one_line_error(cli("compress", "--recipe", recipe, "--out", tmp_path / "run"), match="No space left")
-    assert "disk is full" in cli("compress", "--recipe", recipe, "--out", tmp_path / "run").output
-    assert not list(tmp_path.glob(".staging-*"))
+    result = cli("compress", "--recipe", recipe, "--out", tmp_path / "run")
+    one_line_error(result, match=re.escape(os.strerror(code)))
+    assert fix in result.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging-") or p.name == "run"]
 
 
 def test_out_under_a_file_is_one_line(cli, write_recipe, tmp_path):
@@ -409,7 +414,7 @@ def test_symlinked_report_folder_leaves_nothing_behind(cli, tmp_path):
 
 
 # files other engineers are rewriting now (issue 18 classes 1-3, profiling); their owners add hints there
-HINT_PENDING = {"edgevit/profiling", "edgevit/profiles.py", "edgevit/passes/prune.py"}
+HINT_PENDING: set[str] = set()
 
 
 def test_every_edgevit_error_carries_a_fix():

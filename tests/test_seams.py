@@ -145,3 +145,20 @@ def test_export_forms_never_leak_into_the_model():
         with export_forms_applied(model, LoweringPlan(forms={"tome": "onehot"})):
             onehot = model(x)
         assert torch.allclose(onehot, model(x), atol=1e-5)  # same function, two export forms
+
+
+def test_exported_graphs_do_not_depend_on_the_install_folder(tmp_path):
+    """The exporter writes each node's stack trace, with the absolute paths of edgevit, timm
+    and torch; kept, the same model gives other ONNX bytes from another folder."""
+    import onnx
+    import timm
+
+    import edgevit
+    from edgevit.exporters.onnx import export_module
+
+    model = timm.create_model("test_vit").eval()
+    export_module(model, (torch.randn(2, 3, 160, 160),), ["input"], ["logits"], tmp_path / "m.onnx", 18)
+    text = (tmp_path / "m.onnx").read_bytes()
+    assert str(Path(edgevit.__file__).parent).encode() not in text and str(Path(timm.__file__).parent).encode() not in text
+    assert any(p.key == "pkg.torch.onnx.name_scopes" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node
+               for p in n.metadata_props)  # module scopes stay: the lowering maps layers by them

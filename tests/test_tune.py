@@ -93,6 +93,37 @@ def test_unknown_or_invalid_search_parameter_is_refused_at_validate(cli, write_r
     assert result.exit_code == 2 and says in result.output and "fix:" in result.output, result.output
 
 
+def test_fuzzed_search_blocks_fail_only_with_a_recipe_error(tmp_path):
+    import yaml
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edgevit.errors import RecipeError
+    from edgevit.recipe import load_recipe
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                           st.dictionaries(st.sampled_from(
+                                                               ["low", "high", "step", "log", "choices", "x"]), inner,
+                                                               max_size=4)), max_leaves=10)
+    keys = st.one_of(st.text(max_size=30), st.sampled_from(
+        ["passes[0].flops_reduction", "passes[0].finetune.epochs", "passes[0].per_module.mlp", "passes[0].modules",
+         "passes[9].r", "passes[0].min_heads", "passes[0].kind", "passes[0].finetune"]))
+    base = yaml.safe_load(TINY.format(search="{}"))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.one_of(st.dictionaries(keys, values, max_size=3), values))
+    def check(search):
+        path = tmp_path / "fuzz.yaml"
+        path.write_text(yaml.safe_dump({**base, "search": search}))
+        try:
+            load_recipe(path)
+        except RecipeError:
+            pass
+
+    check()
+
+
 def test_shipped_stack_recipes_validate_without_torch_or_optuna():
     code = ("import sys; from edgevit.recipe import load_recipe, recipe_targets\n"
             "for n in ('stack_deit', 'stack_swin'):\n"

@@ -25,6 +25,7 @@ HEAD_SURGERY = "head_surgery"  # per-head qkv/proj tensors: scored and removed b
 MLP_SURGERY = "mlp_surgery"  # per-channel fc1/fc2 tensors: scored and removed by prune
 BLOCK_LINEARS = "block_linears"  # each block's attention and MLP Linear layers (weight-level prune)
 TOKEN_HOOK = "token_hook"  # a hook between attention and MLP where tokens can be reduced (evit, tome)
+GRID_TOKEN_HOOK = "grid_token_hook"  # each block's MLP runs on the full row-major token grid (swin_merge)
 STAGES = "stages"  # the forward as stem -> blocks -> head steps (cascade stages)
 EXIT_TOKENS = "exit_tokens"  # the tokens after any block, with their prefix and grid (exit heads)
 REPQ_PAIRS = "repq_pairs"  # norm -> Linear pairs whose channel ranges RepQ can even out
@@ -34,6 +35,7 @@ CAPABILITIES: dict[str, str] = {
     MLP_SURGERY: "MLP channel surgery",
     BLOCK_LINEARS: "per-block attention/MLP Linear layers",
     TOKEN_HOOK: "an attention->MLP token hook",
+    GRID_TOKEN_HOOK: "an MLP hook on the token grid",
     STAGES: "stem/block/head steps",
     EXIT_TOKENS: "per-block token access for exit heads",
     REPQ_PAIRS: "norm->Linear pairs",
@@ -44,6 +46,7 @@ FIXES = {
     MLP_SURGERY: "prune with structure: unstructured (weight-level), or use a family whose MLP is timm Mlp",
     BLOCK_LINEARS: "drop the prune pass; quantize, export and profiling need no family knowledge",
     TOKEN_HOOK: "token reduction runs on plain ViT/DeiT blocks (timm VisionTransformer); use prune or quantize on this model",
+    GRID_TOKEN_HOOK: "swin_merge runs on Swin v1 / v2 (timm SwinTransformer, SwinTransformerV2); use tome on ViT/DeiT",
     STAGES: "exits run on ViT/DeiT, Swin and vit_relpos models; drop the exits pass for this one",
     EXIT_TOKENS: "exits run on ViT/DeiT, Swin and vit_relpos models; drop the exits pass for this one",
 }
@@ -160,6 +163,10 @@ class ModelAdapter:
     def patch_token_block(self, ref: BlockRef, reduction) -> None:
         """Install token reduction at the block's attention->MLP point."""
         raise refusal(self, "evit/tome", TOKEN_HOOK)
+
+    def patch_grid_mlp(self, ref: BlockRef, merge) -> None:
+        """Run the block's MLP merge -> compute -> unmerge on its token grid."""
+        raise refusal(self, "swin_merge", GRID_TOKEN_HOOK)
 
     # -- stages and exits ---------------------------------------------------------------
     # stem(x) -> run_block(0) ... run_block(n-1) -> finish; tests check the steps compose

@@ -5,18 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgevit.adapters.base import (BLOCK_LINEARS, EXIT_TOKENS, HEAD_SURGERY, MLP_SURGERY, REPQ_PAIRS, STAGES, BlockRef,
+from edgevit.adapters.base import (BLOCK_LINEARS, EXIT_TOKENS, GRID_TOKEN_HOOK, HEAD_SURGERY, MLP_SURGERY, REPQ_PAIRS, STAGES, BlockRef,
                                    register_adapter)
 from edgevit.adapters.vit import PlainBlocksAdapter
+from edgevit.errors import ModelError
 
 
 @register_adapter("timm.models.swin_transformer:SwinTransformer")
 class SwinAdapter(PlainBlocksAdapter):
     """Swin v1: fused-qkv WindowAttention with a relative-position-bias table per head.
-    No token hook: shifted windows need the full token grid."""
+    No token hook between attention and MLP (shifted windows need the full token grid), but
+    a grid token hook: the MLP runs on the whole [B, H*W, C] grid, so it can merge ->
+    compute -> unmerge and hand the full grid back."""
 
     family = "swin"
-    capabilities = frozenset({HEAD_SURGERY, MLP_SURGERY, BLOCK_LINEARS, STAGES, EXIT_TOKENS, REPQ_PAIRS})
+    capabilities = frozenset({HEAD_SURGERY, MLP_SURGERY, BLOCK_LINEARS, STAGES, EXIT_TOKENS, REPQ_PAIRS, GRID_TOKEN_HOOK})
 
     def blocks(self) -> list[BlockRef]:
         refs = []
@@ -51,6 +54,17 @@ class SwinAdapter(PlainBlocksAdapter):
     def tokens(self, x) -> torch.Tensor:
         return x.flatten(1, 2)  # [B, H, W, C] -> [B, HW, C]
 
+    def patch_grid_mlp(self, ref: BlockRef, merge) -> None:
+        # v1 and v2 blocks both call self.mlp on x.reshape(B, -1, C) of their [B, H, W, C]
+        # input (v1 after norm2, v2 before it): the stage's grid in row-major order
+        from edgevit.passes.swin_merge import install_grid_merge
+
+        h, w = self.token_grid(ref.stage)
+        if (merge.h, merge.w) != (h, w):
+            raise ModelError(f"swin_merge: {ref.name} has a {h}x{w} token grid, the record says {merge.h}x{merge.w}",
+                             "rebuild with the input size the model was compressed at")
+        install_grid_merge(ref.mlp, merge)
+
     def _locate(self, index: int) -> tuple[int, int]:
         for stage, layer in enumerate(self.model.layers):
             if index < len(layer.blocks):
@@ -66,4 +80,4 @@ class SwinV2Adapter(SwinAdapter):
     position-bias MLP (cpb_mlp) on constants, which the quantize plan learns by probing."""
 
     family = "swin"  # one family name in records and reports, as before v2 had its own adapter
-    capabilities = frozenset({MLP_SURGERY, BLOCK_LINEARS, STAGES, EXIT_TOKENS, REPQ_PAIRS})
+    capabilities = frozenset({MLP_SURGERY, BLOCK_LINEARS, STAGES, EXIT_TOKENS, REPQ_PAIRS, GRID_TOKEN_HOOK})

@@ -1,6 +1,7 @@
 """Every bench section, registered on import (order = run order)."""
 from edgevit.bench import runtimes  # noqa: F401  (order = run order)
 from edgevit.bench import tokens  # noqa: F401
+from edgevit.bench import swin_tokens  # noqa: F401
 from edgevit.bench import pruning  # noqa: F401
 from edgevit.bench import quantization  # noqa: F401
 from edgevit.bench import nncf_peer  # noqa: F401

@@ -86,7 +86,8 @@ def _tune(ctx: BenchContext, case: dict[str, Any], recipe: str | Path, out: Path
     return summary
 
 
-def _best(summary: dict[str, Any], metric: str) -> dict[str, Any] | None:
+def _best(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial tune chose (the lowest budgeted metric that meets the budget)."""
     chosen = summary["chosen"]
     label = next(iter(chosen), None)
     if label is None:
@@ -105,7 +106,7 @@ def _row(case: dict[str, Any], method: str, best: dict[str, Any] | None, baselin
             f"{wall_s:.0f}" if wall_s else "-", f"{per_hour:.1f}" if per_hour else "-"]
 
 
-def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[dict[str, Any] | None, int, float]:
+def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[dict[str, Any] | None, int]:
     """Each shipped recipe measured like a trial (same split, export, target, latency model)."""
     from edgevit.recipe import load_recipe
     from edgevit.tune.budget import meets
@@ -118,10 +119,11 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
     ctx = TrialContext(train_split=str(out / "split/train"), val_split=str(out / "split/val"), export=study["export"],
                        target=study["target"], lock=LockSpec("file", study["device"], str(out / "locks")),
                        latency_model=study["latency_model"])
-    best, met, t0 = None, 0, time.monotonic()
+    timing = load_yaml(out / "baseline" / "recipe.yaml")["profile"]  # the study's target, threads, runs
+    best, met = None, 0
     for name in case["shipped"]:
         raw = load_yaml(Path(load_recipe(name).path))
-        raw.update(model={"name": study["model"]}, exports=[study["export"]])
+        raw.update(model={"name": study["model"]}, exports=[study["export"]], profile=timing)
         folder = out / "shipped" / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.yaml").write_text(recipe_yaml(raw, f"shipped recipe {name}, measured like a tune trial"))
@@ -136,7 +138,7 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
             metric = next(iter(summary["limits"]))
             if best is None or (record[metric], -record["top1"]) < (best["record"][metric], -best["record"]["top1"]):
                 best = row
-    return best, met, time.monotonic() - t0
+    return best, met
 
 
 @section("tune", "edgevit tune: searched stacks vs shipped recipes and a grid",
@@ -154,16 +156,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             continue
         slug = case["case"].lower().replace(" ", "-")
         metric = case["budget"].split("=")[0]
-        for method, recipe, kw in (("tune (TPE)", case["recipe"], {}),
-                                   ("grid, same size", _grid_recipe(case["recipe"], trials, ctx.work), {"sampler": "grid"})):
+        for method, folder, recipe, kw in (
+                ("tune (TPE)", "tpe", case["recipe"], {}),
+                ("grid, same size", "grid", _grid_recipe(case["recipe"], trials, ctx.work), {"sampler": "grid"})):
             if ctx.over_cap():
                 notes.append(f"{case['case']} {method}: skipped (time cap)")
                 continue
-            out = ctx.work / slug / method.split()[0]
+            out = ctx.work / slug / folder
             summary = _tune(ctx, case, recipe, out, trials, val, **kw)
             done = [t for t in summary["trials"] if not t["interrupted"]]
             met = sum(1 for t in done if t["meets_budget"])
-            rows.append(_row(case, method, _best(summary, metric), summary["baseline"], metric, len(done), met,
+            rows.append(_row(case, method, _best(summary), summary["baseline"], metric, len(done), met,
                              summary["bench_wall_s"]))
             results[f"{slug}/{method}"] = {k: summary[k] for k in ("baseline", "limits", "chosen", "pareto", "budget")}
             if method.startswith("tune"):
@@ -171,7 +174,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 shutil.copyfile(out / "pareto.png", figure)
                 figures.append(f"benchmarks/{figure.name}")
                 if case["shipped"] and not ctx.over_cap():
-                    best, met_shipped, wall = _shipped(case, summary, out)
+                    best, met_shipped = _shipped(case, summary, out)
                     rows.append(_row(case, f"best shipped of {', '.join(case['shipped'])}", best, summary["baseline"],
                                      metric, len(case["shipped"]), met_shipped, None))
         if case.get("workers") and not ctx.over_cap():

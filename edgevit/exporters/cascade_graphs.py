@@ -114,6 +114,12 @@ def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx
         written = convert(path, path.stem)
         stage["file"] = written[0]
         files += written
+    if plan.forms.get("exits") == "if_graph":  # plus the stages: batches run them, and the check reads every exit there
+        graph = conditional_cascade_graph(paths, plan.cascade["rule"], ctx.scratch("cascade-graph") / "cascade.onnx")
+        written = convert(graph, "cascade")
+        manifest["graph"] = {"file": written[0], "thresholds_input": THRESHOLDS_INPUT, "index_output": EXIT_INDEX_OUTPUT,
+                             "used_for": "batch 1: the whole cascade in one call, later stages skipped through If"}
+        files += written
     reference = convert(lowered_onnx_graph(model, plan, ctx), "reference")
     inputs, _ = onnx_io(paths[0])
     outputs = [{"name": s["name"]} for s in manifest["stages"]]
@@ -121,3 +127,154 @@ def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx
     data["cascade"] = manifest
     data["reference_model"] = reference_model_entry(reference)
     return Bundle(out_dir, data).write()
+
+
+def publish_reference(bundle_dir: Path) -> Bundle:
+    """The cascade bundle in ``bundle_dir`` turned into a plain bundle of its reference
+    model (the same network without exits, same precision): the stage files are removed,
+    bundle.json names the reference as the model. For a cascade that is slower than the
+    network it was made from."""
+    data = json.loads((bundle_dir / "bundle.json").read_text())
+    reference = data.pop("reference_model", None)
+    if not reference or "cascade" not in data:
+        raise ExportError(f"{bundle_dir}: not a cascade bundle with a reference model", "re-export the artifact")
+    keep = set(reference["files"])
+    for name in data["files"]:
+        if name not in keep:
+            (bundle_dir / name).unlink(missing_ok=True)
+    del data["cascade"]
+    data.update(model_file=reference["file"], files=reference["files"], outputs=[{"name": FINAL_OUTPUT}])
+    return Bundle(bundle_dir, data).write()
+
+
+# --- export form "if_graph": the whole cascade as one graph, early return through ONNX If ---
+
+THRESHOLDS_INPUT, EXIT_INDEX_OUTPUT = "exit_thresholds", "exit_index"
+
+
+def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
+    """One ONNX graph for the cascade of stage graphs ``paths``: after stage k its exit's
+    score (max softmax, or minus the entropy) is compared with ``exit_thresholds[k]`` (a
+    graph input in score units, +inf: never exit) and an ``If`` either returns exit k's
+    logits or runs the rest. The runtime executes only the branch taken, so a sample that
+    leaves early pays no later block and no host round trip per stage. A batch leaves only
+    when all its samples do (batches are what per-stage sessions are for). Outputs: the
+    logits and the exit taken. Weights stay in the outer graph; the branches read them
+    from the enclosing scope."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    models = [onnx.load(str(p)) for p in paths]
+    if any(m.functions for m in models):
+        raise ExportError("a stage graph has local functions, which the conditional cascade cannot merge",
+                          "export the cascade as stages (profile export_forms: {exits: stages})")
+    n_exits = len(models) - 1
+    initializers, opsets = [], {}
+    stage_nodes = []
+    for k, m in enumerate(models):
+        # features keep their names (stage k+1 reads what stage k writes); each exit's logits
+        # get their own, and the final logits another (the graph's output is "logits")
+        keep = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} - {EXIT_OUTPUT, FINAL_OUTPUT}
+        rename = _prefixer(f"s{k}/", keep, {EXIT_OUTPUT: exit_output_name(k), FINAL_OUTPUT: "final_logits"})
+        for init in m.graph.initializer:
+            init.name = rename(init.name)
+            initializers.append(init)
+        nodes = []
+        for node in m.graph.node:
+            _rename_node(node, rename, f"s{k}/")
+            nodes.append(node)
+        stage_nodes.append(nodes)
+        for o in m.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+
+    logits_shape = [d.dim_param or d.dim_value for d in models[-1].graph.output[0].type.tensor_type.shape.dim]
+    logits_info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, logits_shape)  # noqa: E731
+    index_info = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, [])  # noqa: E731
+
+    def branch(k: int) -> tuple[list, list[str]]:
+        """Nodes that run stage k onwards, and the names of their (logits, exit index)."""
+        nodes = list(stage_nodes[k])
+        if k == n_exits:
+            return nodes + [helper.make_node("Constant", [], [f"index{k}"], value=helper.make_tensor(
+                f"index{k}_value", TensorProto.INT64, [], [k]))], ["final_logits", f"index{k}"]
+        z = exit_output_name(k)
+        nodes += _decision_nodes(k, z, rule)
+        rest_nodes, (rest_logits, rest_index) = branch(k + 1)
+        leave = helper.make_graph([helper.make_node("Identity", [z], [f"leave{k}_logits"]),
+                                   helper.make_node("Constant", [], [f"leave{k}_index"], value=helper.make_tensor(
+                                       f"leave{k}_index_value", TensorProto.INT64, [], [k]))],
+                                  f"leave_at_{k}", [], [logits_info(f"leave{k}_logits"), index_info(f"leave{k}_index")])
+        stay = helper.make_graph(rest_nodes, f"continue_after_{k}", [], [logits_info(rest_logits), index_info(rest_index)])
+        nodes.append(helper.make_node("If", [f"exit{k}_all_leave"], [f"out{k}_logits", f"out{k}_index"],
+                                      name=f"early_exit_{k}", then_branch=leave, else_branch=stay))
+        return nodes, [f"out{k}_logits", f"out{k}_index"]
+
+    nodes, (final_logits, final_index) = branch(0)
+    nodes += [helper.make_node("Identity", [final_logits], [FINAL_OUTPUT]),
+              helper.make_node("Identity", [final_index], [EXIT_INDEX_OUTPUT])]
+    first = models[0].graph
+    graph = helper.make_graph(nodes, "edgevit_conditional_cascade",
+                              [*first.input, helper.make_tensor_value_info(THRESHOLDS_INPUT, TensorProto.FLOAT, [n_exits])],
+                              [logits_info(FINAL_OUTPUT), index_info(EXIT_INDEX_OUTPUT)],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="edgevit")
+    model.ir_version = models[0].ir_version
+    onnx.checker.check_model(model, full_check=False)
+    onnx.save(model, str(out))
+    return out
+
+
+def _prefixer(prefix: str, keep: set[str], special: dict[str, str]):
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return special.get(name, prefix + name)
+    return rename
+
+
+def _rename_node(node, rename, prefix: str) -> None:
+    """Every value name a node reads or writes renamed, its subgraphs' too."""
+    from onnx import AttributeProto
+
+    node.name = prefix + node.name
+    for i, name in enumerate(node.input):
+        node.input[i] = rename(name)
+    for i, name in enumerate(node.output):
+        node.output[i] = rename(name)
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+        for g in graphs:
+            for value in [*g.input, *g.output, *g.value_info]:
+                value.name = rename(value.name)
+            for init in g.initializer:
+                init.name = rename(init.name)
+            for sub in g.node:
+                _rename_node(sub, rename, prefix)
+
+
+def _decision_nodes(k: int, logits: str, rule: str) -> list:
+    """exit{k}_all_leave (bool scalar): every sample's score >= exit_thresholds[k]."""
+    from onnx import TensorProto, helper
+
+    p = f"exit{k}/"
+    nodes = [
+        helper.make_node("Constant", [], [p + "axes"], value=helper.make_tensor(p + "axes_v", TensorProto.INT64, [1], [-1])),
+        helper.make_node("Constant", [], [p + "eps"], value=helper.make_tensor(p + "eps_v", TensorProto.FLOAT, [], [1e-12])),
+        helper.make_node("Constant", [], [p + "k"], value=helper.make_tensor(p + "k_v", TensorProto.INT64, [1], [k])),
+        helper.make_node("Softmax", [logits], [p + "p"], axis=-1)]
+    if rule == "confidence":
+        nodes.append(helper.make_node("ReduceMax", [p + "p", p + "axes"], [p + "score"], keepdims=0))
+    else:  # minus the entropy: sum p log p (p clipped away from 0 as the runner does)
+        nodes += [helper.make_node("Clip", [p + "p", p + "eps"], [p + "pc"]),
+                  helper.make_node("Log", [p + "pc"], [p + "logp"]),
+                  helper.make_node("Mul", [p + "p", p + "logp"], [p + "plogp"]),
+                  helper.make_node("ReduceSum", [p + "plogp", p + "axes"], [p + "score"], keepdims=0)]
+    nodes += [
+        helper.make_node("Gather", [THRESHOLDS_INPUT, p + "k"], [p + "t"], axis=0),
+        helper.make_node("GreaterOrEqual", [p + "score", p + "t"], [p + "leaves"]),
+        helper.make_node("Cast", [p + "leaves"], [p + "leaves_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMin", [p + "leaves_f"], [p + "all_f"], keepdims=0),
+        helper.make_node("Cast", [p + "all_f"], [f"exit{k}_all_leave"], to=TensorProto.BOOL),
+    ]
+    return nodes

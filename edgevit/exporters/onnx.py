@@ -53,6 +53,7 @@ def export_module(module: nn.Module, example: tuple[torch.Tensor, ...], input_na
                 input_names=input_names, output_names=output_names,
                 dynamic_shapes=(tuple({0: batch} for _ in example),) if varargs else tuple({0: batch} for _ in example),
             )
+            _drop_stack_traces(program.model)
             program.save(str(out), external_data=external)
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
@@ -64,6 +65,18 @@ def export_module(module: nn.Module, example: tuple[torch.Tensor, ...], input_na
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX fails onnx.checker: {str(exc).splitlines()[0]}",
                           "try another opset in the export profile; if it persists, report it with the recipe") from None
+
+
+def _drop_stack_traces(model) -> None:
+    """The exporter records each node's Python stack trace, with absolute paths of edgevit,
+    timm and torch: the same model would give other bytes from another install folder.
+    Scopes and fx nodes (which name the modules, and the lowering reads) stay."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in RecursiveGraphIterator(graph):
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 @contextlib.contextmanager

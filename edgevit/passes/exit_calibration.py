@@ -99,3 +99,50 @@ def _shared(scores, correct, costs, floor) -> tuple[np.ndarray, CascadeOutcome]:
         if outcome.accuracy >= floor - 1e-12 and outcome.expected_cost < best.expected_cost:
             best_t, best = thresholds, outcome
     return best_t, best
+
+
+def cumulative_costs(stage_cost: np.ndarray, head_cost: np.ndarray, keep: list[int]) -> np.ndarray:
+    """Cost of leaving at each kept exit, then of the final classifier, when only ``keep``
+    (sorted exit indices) are deployed. ``stage_cost`` [E+1]: the blocks between exits
+    (a dropped exit's blocks merge into the next stage, so block costs simply add up);
+    ``head_cost`` [E]: each head, paid by every sample that reaches it."""
+    ends = [*keep, len(head_cost)]
+    out, spent, start = [], 0.0, 0
+    for e in ends:
+        spent += float(stage_cost[start:e + 1].sum())
+        start = e + 1
+        if e < len(head_cost):
+            spent += float(head_cost[e])
+        out.append(spent)
+    return np.array(out, dtype=np.float64)
+
+
+def select_exits(scores: np.ndarray, correct: np.ndarray, stage_cost: np.ndarray, head_cost: np.ndarray,
+                 max_drop: float) -> dict:
+    """Exits that pay: start from all of them, calibrated on cost (expected cost = mean over
+    samples of the stages and heads they run = sum over exits of P(reach k) x (stage k +
+    head k)); drop the exit whose removal (thresholds re-calibrated without it) lowers the
+    expected cost most, and repeat until no removal lowers it. No exits at all is a
+    candidate: the plain network, at the cost of its blocks."""
+    n_exits = len(head_cost)
+    full_cost = float(stage_cost.sum())
+    full_accuracy = float(correct[-1].mean())
+
+    def evaluate(keep: list[int]) -> dict:
+        if not keep:
+            outcome = CascadeOutcome(full_accuracy, full_cost, [1.0])
+            return {"keep": keep, "thresholds": np.zeros(0), "outcome": outcome, "search": "no exits",
+                    "full_accuracy": full_accuracy}
+        result = calibrate(scores[keep], correct[[*keep, n_exits]], cumulative_costs(stage_cost, head_cost, keep), max_drop)
+        return {"keep": keep, **result}
+
+    current = evaluate(list(range(n_exits)))
+    steps = [{"exits": list(current["keep"]), "expected_cost": current["outcome"].expected_cost}]
+    while current["keep"]:
+        trials = [evaluate([e for e in current["keep"] if e != r]) for r in current["keep"]]
+        best = min(trials, key=lambda t: t["outcome"].expected_cost)
+        if best["outcome"].expected_cost >= current["outcome"].expected_cost - 1e-12:
+            break
+        current = best
+        steps.append({"exits": list(current["keep"]), "expected_cost": current["outcome"].expected_cost})
+    return {**current, "full_cost": full_cost, "removal_steps": steps}

@@ -12,10 +12,13 @@
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import random
 import time
 from dataclasses import asdict
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,12 +28,14 @@ from torch import nn
 
 from edgevit import progress
 from edgevit.adapters import adapter_for, check_passes_supported
-from edgevit.cascade import attach_exits, block_features, cascade_stages, stage_example_inputs
+from edgevit.cascade import attach_exits, block_features, cascade_stages, exit_specs, keep_exits, stage_example_inputs
 from edgevit.data import image_batches, label_map, load_images, scan_image_folder
 from edgevit.errors import EdgevitError
 from edgevit.flops import count_call_flops, count_flops
 from edgevit.passes.base import ExportedArtifact, PassContext, PassRecord, register_pass
-from edgevit.passes.exit_calibration import calibrate, confidence_scores, to_rule_units
+from edgevit.artifacts import sha256_file
+from edgevit.exporters.cascade_graphs import publish_reference
+from edgevit.passes.exit_calibration import calibrate, confidence_scores, cumulative_costs, select_exits, to_rule_units
 from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
 from edgevit.training import train_loop
@@ -143,38 +148,116 @@ def _train_heads(heads: nn.ModuleList, cache: dict[str, Any], cfg: ExitTrainConf
     return record
 
 
-def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_drop_points: float,
-                    input_size) -> tuple[list[float | None], dict[str, Any]]:
-    """Thresholds (rule units) for a model with trained heads, from its cached held-out
-    features, and what they give on those images (exit rates, top-1, expected FLOPs)."""
+def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.ndarray]:
+    """Every attached head's logits on the cached held-out tokens (aligned with the heads)."""
     with torch.no_grad():  # in chunks: a shallow head on a large grid (Swin at 224) would need GBs at once
-        exit_logits = [torch.cat([head(c.float())[0] for c in t.split(256)]).numpy()
-                       for head, t in zip(model.edgevit_exits, holdout["tokens"])]
-    return thresholds_for(exit_logits, holdout["logits"].numpy(), holdout["labels"].numpy(), rule, max_drop_points,
-                          _stage_flops(model, input_size), count_flops(model, input_size))
+        return [torch.cat([head(c.float())[0] for c in t.split(256)]).numpy()
+                for head, t in zip(model.edgevit_exits, holdout["tokens"])]
 
 
-def thresholds_for(exit_logits: list[np.ndarray], final_logits: np.ndarray, labels: np.ndarray, rule: str,
-                   max_drop_points: float, stage_flops: list[int], full_flops: int) -> tuple[list[float | None], dict[str, Any]]:
-    """Thresholds (rule units) from every exit's logits on held-out images, and what they
-    give there. Used on PyTorch outputs by the pass and on a runtime's outputs after quantization."""
+def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_drop_points: float, input_size,
+                    costs: dict[str, list[float]]) -> tuple[list[int], list[float | None], dict[str, Any]]:
+    """Which of the attached exits pay, and their thresholds (rule units), from the cached
+    held-out features and the measured cost of each stage and head (``exit_costs``): the
+    exits kept (indices into the attached heads), thresholds and what they give there."""
+    exit_logits = holdout_exit_logits(model, holdout)
     scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
-    correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, final_logits]])
-    result = calibrate(scores, correct, np.cumsum(stage_flops).astype(np.float64), max_drop_points / 100.0)
-    outcome = result["outcome"]
-    return [to_rule_units(t, rule) for t in result["thresholds"]], {
-        "holdout_images": len(labels), "holdout_top1_full": result["full_accuracy"],
-        "holdout_top1_cascade": outcome.accuracy, "holdout_top1_per_exit": correct[:-1].mean(1).tolist(),
-        "exit_rates": outcome.exit_rates, "threshold_search": result["search"],
-        "flops_per_stage": list(stage_flops), "flops_full_model": full_flops, "expected_flops": outcome.expected_cost,
-        "expected_flops_reduction": 1 - outcome.expected_cost / full_flops,
+    labels = holdout["labels"].numpy()
+    correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
+    stage_ms, head_ms = np.array(costs["stage_ms"]), np.array(costs["head_ms"])
+    chosen = select_exits(scores, correct, stage_ms, head_ms, max_drop_points / 100.0)
+    keep = chosen["keep"]
+    outcome = chosen["outcome"]
+    flops = _stage_flops(model, input_size, keep)
+    thresholds = [to_rule_units(t, rule) for t in chosen["thresholds"]]
+    return keep, thresholds, {
+        **_outcome_metrics(outcome, chosen["full_accuracy"], len(labels), chosen["search"], flops, count_flops(model, input_size)),
+        "holdout_top1_per_exit": correct[:-1].mean(1).tolist(),
+        "exit_selection": {
+            "kept": keep, "dropped": [e for e in range(len(head_ms)) if e not in keep],
+            "removal_steps": [{"exits": s["exits"], "expected_ms": round(s["expected_cost"], 4)} for s in chosen["removal_steps"]],
+            "how": "greedy removal on expected latency (torch CPU, 1 thread) at the exit rates calibrated on the held-out "
+                   "images; the exported cascade is measured on the target after export"},
+        "cost_ms": costs, "expected_latency_ms": outcome.expected_cost, "full_latency_ms": chosen["full_cost"],
+        "expected_speedup_estimate": chosen["full_cost"] / outcome.expected_cost,
     }
 
 
-def _stage_flops(model: nn.Module, input_size) -> list[int]:
+def _outcome_metrics(outcome, full_accuracy: float, n: int, search: str, stage_flops: list[int], full_flops: int) -> dict[str, Any]:
+    expected_flops = float(np.dot(outcome.exit_rates, np.cumsum(stage_flops)))
+    return {"holdout_images": n, "holdout_top1_full": full_accuracy, "holdout_top1_cascade": outcome.accuracy,
+            "exit_rates": outcome.exit_rates, "threshold_search": search,
+            "flops_per_stage": list(stage_flops), "flops_full_model": full_flops, "expected_flops": expected_flops,
+            "expected_flops_reduction": 1 - expected_flops / full_flops}
+
+
+def thresholds_for(exit_logits: list[np.ndarray], final_logits: np.ndarray, labels: np.ndarray, rule: str,
+                   max_drop_points: float, stage_ms: list[float], stage_flops: list[int], full_flops: int
+                   ) -> tuple[list[float | None], dict[str, Any]]:
+    """Thresholds (rule units) for the deployed exits from their logits on held-out images,
+    at the lowest expected latency (``stage_ms``: each stage with its head); used on a
+    runtime's outputs after quantization."""
+    scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
+    correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, final_logits]])
+    result = calibrate(scores, correct, np.cumsum(stage_ms), max_drop_points / 100.0)
+    return [to_rule_units(t, rule) for t in result["thresholds"]], {
+        **_outcome_metrics(result["outcome"], result["full_accuracy"], len(labels), result["search"], stage_flops, full_flops),
+        "holdout_top1_per_exit": correct[:-1].mean(1).tolist(), "expected_latency_ms": result["outcome"].expected_cost}
+
+
+def _stage_flops(model: nn.Module, input_size, keep: list[int] | None = None) -> list[int]:
+    """FLOPs of each stage (with its head) of the cascade made of the exits ``keep`` (all: None)."""
+    specs = exit_specs(model)
+    heads = list(model.edgevit_exits)
+    try:
+        if keep is not None:
+            keep_exits(model, keep)
+        stages = cascade_stages(model)
+        inputs = stage_example_inputs(stages, torch.zeros(1, *input_size))
+        return [count_call_flops(stage, *x) for stage, x in zip(stages, inputs)]
+    finally:
+        model.edgevit_exits, model.edgevit_exit_specs = nn.ModuleList(heads), specs
+
+
+COST_BATCH = 16  # images per timed call: see exit_costs
+
+
+def exit_costs(model: nn.Module, input_size, rounds: int = 5, calls: int = 2) -> dict[str, list[float]]:
+    """Measured ms per image of each stage's blocks (between exits) and of each exit head,
+    torch on this CPU, one thread, median over ``rounds`` interleaved rounds (load on a
+    shared machine falls on all alike). Timed on batches of COST_BATCH: at batch 1 eager
+    PyTorch pays a per-operator dispatch cost that compiled runtimes do not, which made
+    the many small operators of a head look half as costly as a whole stage of blocks.
+    An in-pass estimate; the exported cascade is measured on the target after export."""
+    adapter = adapter_for(model)
     stages = cascade_stages(model)
-    inputs = stage_example_inputs(stages, torch.zeros(1, *input_size))
-    return [count_call_flops(stage, *x) for stage, x in zip(stages, inputs)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            inputs = stage_example_inputs(stages, torch.randn(COST_BATCH, *input_size, generator=torch.Generator().manual_seed(0)))
+            calls_of = [functools.partial(stage, *x) for stage, x in zip(stages, inputs)]
+            for k, stage in enumerate(stages[:-1]):  # each head on the tokens its stage produced
+                tokens = adapter.tokens(inputs[k + 1][0] if len(inputs[k + 1]) == 1 else tuple(inputs[k + 1]))
+                calls_of.append(functools.partial(model.edgevit_exits[k], tokens))
+            samples = [[] for _ in calls_of]
+            for f in calls_of:  # warm-up
+                f()
+            for _ in range(rounds):
+                for i, f in enumerate(calls_of):
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        f()
+                    samples[i].append((time.perf_counter() - t0) * 1000.0 / (calls * COST_BATCH))
+    finally:
+        torch.set_num_threads(threads)
+    ms = [float(np.median(s)) for s in samples]
+    n = len(stages)
+    heads = ms[n:]
+    # a stage call runs its blocks then its head: the blocks cost what is left
+    blocks = [max(ms[k] - (heads[k] if k < len(heads) else 0.0), 0.0) for k in range(n)]
+    return {"stage_ms": [round(v, 4) for v in blocks], "head_ms": [round(v, 4) for v in heads],
+            "measured": f"torch CPU, ms per image at batch {COST_BATCH}, 1 thread, median of interleaved rounds"}
 
 
 @register_pass
@@ -210,11 +293,23 @@ class ExitsPass:
                          "feature_cache_mb": round(cache_mb, 1), "feature_cache_s": round(cache_s, 1),
                          "batch_size": cfg.train.batch_size, "lr": cfg.train.lr})
 
-        thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop, ctx.input_size)
-        self.holdout = hold_cache  # kept so a caller (the bench) can re-calibrate at other budgets without re-training
-        structure = {"heads": [_spec_dict(s) for s in specs], "rule": cfg.rule, "thresholds": thresholds,
+        progress.step(f"timing the {len(specs) + 1} stages and {len(specs)} exit heads (torch CPU, 1 thread)")
+        costs = exit_costs(model, ctx.input_size)
+        # kept so a caller (the bench) can re-select and re-calibrate at other budgets without re-training
+        self.holdout, self.costs, self.trained = hold_cache, costs, (list(model.edgevit_exits), list(specs))
+        keep, thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop, ctx.input_size, costs)
+        keep_exits(model, keep)
+        kept = [specs[k] for k in keep]
+        dropped = [blocks[k] + 1 for k in range(len(specs)) if k not in keep]
+        if dropped:
+            notes.append(f"exits after blocks {dropped} dropped: at their calibrated exit rates they cost more time than they save "
+                         f"(expected {metrics['expected_latency_ms']:.3f} ms vs {metrics['full_latency_ms']:.3f} ms without exits)")
+        if not keep:
+            progress.warn("exits: no exit pays for itself on this model at this budget; the model is exported without exits")
+        structure = {"heads": [_spec_dict(s) for s in kept], "rule": cfg.rule, "thresholds": thresholds,
                      "holdout": {"seed": ctx.seed, "n_train": len(train_samples), "n_holdout": len(holdout_samples)}}
-        metrics = {"exit_blocks_1based": [b + 1 for b in blocks], "head_kinds": [s.kind for s in specs], **metrics,
+        metrics = {"exit_blocks_1based": [s.block + 1 for s in kept], "head_kinds": [s.kind for s in kept],
+                   "trained_exit_blocks_1based": [b + 1 for b in blocks], **metrics,  # holdout_top1_per_exit: every trained exit
                    "head_params": sum(p.numel() for p in model.edgevit_exits.parameters())}
         notes += [f"thresholds calibrated on {len(holdout_samples)} images held out from --train-data; "
                   "expected FLOPs are an estimate from those images, latency is measured by the runner",
@@ -222,38 +317,94 @@ class ExitsPass:
         return model, PassRecord(kind=self.kind, config=cfg.model_dump(mode="json"), structure=structure, metrics=metrics,
                                  training=training, notes=notes)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def export_form(model: nn.Module, form: str) -> Iterator[None]:
+        """The form changes how the bundle is assembled (``cascade_graphs``), not how a stage traces."""
+        yield
+
     def rebuild(self, model: nn.Module, record: PassRecord) -> nn.Module:
         specs = [HeadSpec(**{**h, "grid": tuple(h["grid"]) if h["grid"] else None}) for h in record.structure["heads"]]
         return attach_exits(model, specs)
 
     def after_export(self, record: dict[str, Any], artifact: ExportedArtifact) -> dict[str, Any] | None:
-        """Thresholds of a quantized cascade re-calibrated on what the runtime really runs:
-        the held-out images (drawn again from --train-data, read once per run) through the
-        lowered stages on the target, same budget; bundle.json is rewritten with them."""
-        if not artifact.quantized:
+        """On the exported cascade, as the runtime runs it, with the held-out images (drawn
+        again from --train-data, read once per run): a quantized cascade's thresholds are
+        re-calibrated on its stages first (bundle.json rewritten); then the cascade is run
+        interleaved with the bundled reference (the same network without exits) and, if it
+        is slower, the run says so and (``if_slower: fallback``) publishes the reference."""
+        if not record["structure"]["heads"]:
             return None
         if "exits_holdout" not in artifact.run_cache:
             samples = holdout_samples(record, artifact.train_data, artifact.label_names)
             artifact.run_cache["exits_holdout"] = (load_images(samples, artifact.data_config).numpy(),
                                                    np.array([y for _, y in samples]))
         images, labels = artifact.run_cache["exits_holdout"]
-        bundle_dir = artifact.bundle_dir
-        progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
-        outputs = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
-                                         inputs=images).outputs
-        bundle = json.loads((bundle_dir / "bundle.json").read_text())
-        stages = bundle["cascade"]["stages"]
-        exit_logits = [outputs[s["name"]] for s in stages[:-1]]
-        metrics = record["metrics"]
-        thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
-                                            record["config"]["max_accuracy_drop"], metrics["flops_per_stage"],
-                                            metrics["flops_full_model"])
-        before = [s["threshold"] for s in stages[:-1]]
-        for stage_entry, t in zip(stages, thresholds):
-            stage_entry["threshold"] = t
-        (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
-        return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,
-                                        "thresholds": thresholds, **result}}
+        added = _recalibrate_on_runtime(record, artifact, images, labels) if artifact.quantized else {}
+        return {**added, **_speed_gate(record, artifact, images, labels)}
+
+
+GATE_IMAGES = 1000  # held-out images the exported cascade is timed on against its reference
+
+
+def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray,
+                            labels: np.ndarray) -> dict[str, Any]:
+    """Thresholds of a quantized cascade re-calibrated on what the runtime really runs: the
+    held-out images through the lowered stages on the target, same budget and stage costs."""
+    bundle_dir = artifact.bundle_dir
+    progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
+    outputs = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
+                                     inputs=images).outputs
+    bundle = json.loads((bundle_dir / "bundle.json").read_text())
+    stages = bundle["cascade"]["stages"]
+    exit_logits = [outputs[s["name"]] for s in stages[:-1]]
+    metrics = record["metrics"]
+    thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
+                                        record["config"]["max_accuracy_drop"], _deployed_stage_ms(metrics),
+                                        metrics["flops_per_stage"], metrics["flops_full_model"])
+    before = [s["threshold"] for s in stages[:-1]]
+    for stage_entry, t in zip(stages, thresholds):
+        stage_entry["threshold"] = t
+    (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,
+                                    "thresholds": thresholds, **result}}
+
+
+def _deployed_stage_ms(metrics: dict[str, Any]) -> list[float]:
+    """ms of each deployed stage with its head (from the pass's measured costs)."""
+    costs = metrics["cost_ms"]
+    cumulative = cumulative_costs(np.array(costs["stage_ms"]), np.array(costs["head_ms"]), metrics["exit_selection"]["kept"])
+    return np.diff(cumulative, prepend=0.0).tolist()
+
+
+def _speed_gate(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    bundle_dir = artifact.bundle_dir
+    n = min(len(labels), GATE_IMAGES)
+    progress.step(f"timing the cascade {bundle_dir.name} against the same network without exits ({n} held-out images, "
+                  f"batch {artifact.batch}, interleaved)")
+    measured = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
+                                      eval_set={"images": images[:n], "labels": labels[:n]}).data["cascade"]
+    speedup = measured["speedup_mean"]
+    gate = {"on": f"{n} images held out from --train-data, batch {artifact.batch}, {artifact.threads} thread(s), "
+                  "interleaved batch by batch with the bundled reference",
+            "speedup_mean": speedup, "speedup_p50": measured["speedup_p50"],
+            "mean_ms": measured["latency"]["mean_ms"], "full_model_mean_ms": measured["full_model_latency"]["mean_ms"],
+            "exit_rates": measured["exit_rates"], "accuracy": measured["accuracy"],
+            "full_model_accuracy": measured["full_model_accuracy"],
+            "stage_mean_ms": [s.get("mean_ms") for s in measured["stage_latency"]]}
+    if speedup >= 1.0:
+        return {"cascade_gate": {**gate, "published": "cascade"}}
+    policy = record["config"].get("if_slower", "fallback")
+    warning = (f"{bundle_dir.name}: the exported cascade is slower than the same network without exits "
+               f"({speedup:.2f}x mean latency on {n} held-out images); "
+               + ("published anyway (exits: if_slower: keep)" if policy == "keep"
+                  else "published the network without exits instead (exits: if_slower: fallback)"))
+    progress.warn(warning)
+    if policy == "keep":
+        return {"cascade_gate": {**gate, "published": "cascade"}, "warnings": [warning]}
+    bundle = publish_reference(bundle_dir)
+    return {"cascade_gate": {**gate, "published": "reference (the network without exits)"}, "warnings": [warning],
+            "sha256": sha256_file(bundle_dir / bundle.data["model_file"]), "size_bytes": bundle.size_bytes}
 
 
 def _spec_dict(spec: HeadSpec) -> dict[str, Any]:

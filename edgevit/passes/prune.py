@@ -250,7 +250,8 @@ def _two_four(scores: torch.Tensor) -> torch.Tensor:
     """Keep the 2 best of every 4 consecutive input weights of each row (NVIDIA 2:4)."""
     rows, cols = scores.shape
     if cols % 4:
-        raise EdgevitError(f"2:4 sparsity needs input widths divisible by 4 (got {cols})")
+        raise EdgevitError(f"2:4 sparsity needs input widths divisible by 4 (got {cols})",
+                            "use structure: unstructured for this model, or exclude the layer")
     groups = scores.reshape(rows, cols // 4, 4)
     top = groups.topk(2, dim=-1).indices
     mask = torch.zeros_like(groups, dtype=torch.float32).scatter_(-1, top, 1.0)

@@ -53,7 +53,8 @@ class AdbTransport:
             eval_set: dict[str, np.ndarray] | None = None, baseline: Path | None = None) -> RunnerResult:
         made = self._adb("shell", f"mktemp -d {DEVICE_PREFIX}.XXXXXX", timeout=30)
         if made.returncode != 0 or not made.stdout.strip():
-            raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}")
+            raise RunnerError(f"adb {self.serial}: cannot create a work folder: {made.stderr.strip() or made.stdout.strip()}",
+                              "is the device connected and authorised (`adb devices`)?")
         remote = work_folder(made.stdout, DEVICE_PREFIX, f"adb {self.serial}")
         try:
             if self.benchmark_model:
@@ -91,7 +92,7 @@ class AdbTransport:
                 self._adb("shell", f"mkdir {shlex.quote(remote + '/' + BASELINE_FOLDER)}")
                 pushed = self._adb("push", "--", *bundle_sources(Path(baseline)), f"{remote}/{BASELINE_FOLDER}/")
             if pushed.returncode != 0:
-                raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}")
+                raise RunnerError(f"adb {self.serial}: push failed: {pushed.stderr.strip()}", "check free space in /data/local/tmp on the device")
             proc = self._adb("shell", " ".join(shlex.quote(a) for a in args))
             if proc.returncode == 127 or "not found" in proc.stderr and self.python in proc.stderr:
                 raise RunnerError(f"adb {self.serial}: {self.python} not found on the device",
@@ -101,7 +102,7 @@ class AdbTransport:
             if inputs is not None:
                 pulled = self._adb("pull", "--", f"{remote}/outputs.npz", str(Path(tmp) / "outputs.npz"))
                 if pulled.returncode != 0:
-                    raise RunnerError(f"adb {self.serial}: pull failed: {pulled.stderr.strip()}")
+                    raise RunnerError(f"adb {self.serial}: pull failed: {pulled.stderr.strip()}", "did the runner write its outputs? run with --runs 1 to see its error")
                 with np.load(Path(tmp) / "outputs.npz") as npz:
                     outputs = {k: npz[k] for k in npz.files}
         data["where_run"] = f"{self.serial} (adb)"

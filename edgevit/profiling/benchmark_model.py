@@ -67,7 +67,7 @@ def run_benchmark_model(adb: Callable[..., Any], serial: str, binary: str, remot
                           "re-export with session_options.batch or profile with --batch 1")
     pushed = adb("push", "--", str(model.absolute()), f"{remote}/")
     if pushed.returncode != 0:
-        raise RunnerError(f"adb {serial}: push failed: {pushed.stderr.strip()}")
+        raise RunnerError(f"adb {serial}: push failed: {pushed.stderr.strip()}", "check free space in /data/local/tmp on the device")
     args = benchmark_args(binary, f"{remote}/{model.name}", max(runs, 1), warmup, threads)
     proc = adb("shell", " ".join(shlex.quote(a) for a in args))
     text = proc.stdout + "\n" + proc.stderr
@@ -76,7 +76,8 @@ def run_benchmark_model(adb: Callable[..., Any], serial: str, binary: str, remot
                           "push TFLite's benchmark_model there (chmod +x) or fix ?benchmark_model=")
     if proc.returncode != 0:
         tail = (text.strip().splitlines() or ["(no output)"])[-1]
-        raise RunnerError(f"adb {serial}: benchmark_model failed (exit {proc.returncode}): {tail[:300]}")
+        raise RunnerError(f"adb {serial}: benchmark_model failed (exit {proc.returncode}): {tail[:300]}",
+                          "is ?benchmark_model= the path of TFLite's benchmark_model on the device, built for its ABI?")
     data = parse_benchmark_output(text)
     data.update({"runtime": "litert", "runtime_version": "TFLite benchmark_model (version not reported)",
                  "device": f"{serial} (adb)", "threads": threads, "batch": batch, "warmup": warmup,

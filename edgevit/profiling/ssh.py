@@ -57,7 +57,8 @@ class SshTransport:
         t = self.target
         proc = self._call(scp_command(t, self.tools, sources, dest), timeout)
         if proc.returncode != 0:
-            raise RunnerError(f"{t.destination}: copy failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise RunnerError(f"{t.destination}: copy failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}",
+                              "check free space in /tmp on the device and that scp works with the same key")
 
     def _call(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         try:

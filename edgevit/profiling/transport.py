@@ -142,10 +142,11 @@ def parse_runner_output(artifact: Path, returncode: int, stdout: str, stderr: st
     except json.JSONDecodeError:
         data = None
     if isinstance(data, dict) and "error" in data:
-        raise RunnerError(f"{artifact}: runner: {data['error']}")
+        raise RunnerError(f"{artifact}: runner: {data['error']}", "the runner names the problem; re-export the artifact if it is the bundle")
     if returncode != 0 or not isinstance(data, dict):
         tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RunnerError(f"{artifact}: runner failed (exit {returncode}): {tail[:300]}")
+        raise RunnerError(f"{artifact}: runner failed (exit {returncode}): {tail[:300]}",
+                      "is the runtime installed on the target (python3 -c 'import onnxruntime')?")
     return data
 
 

@@ -98,7 +98,7 @@ class Session:
                     and not r["interrupted"]}
         if len(distinct) >= self.space_size():  # every point of a discrete space measured: more trials repeat one
             return True
-        return self.stop_on_budget and self.best(studies.rows(self.study)) is not None
+        return self.stop_on_budget and self.best(rows) is not None
 
     # -- one trial -------------------------------------------------------------------------
     def ask(self) -> tuple[Any, TrialSpec]:

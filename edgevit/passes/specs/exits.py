@@ -33,6 +33,9 @@ class ExitsConfig(PassConfig):
     holdout_images: int = Field(2000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
     cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
     train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
+    if_slower: Literal["fallback", "keep"] = Field(
+        "fallback", description="when the exported cascade runs slower than the same network without exits on the target: "
+                                "publish that network instead (fallback) or the cascade anyway (keep); the run warns either way")
 
     @model_validator(mode="after")
     def _one_placement(self) -> "ExitsConfig":
@@ -49,6 +52,9 @@ class ExitsSpec(PassSpec):
     unique = True
     followers = frozenset({"quantize"})  # heads are trained on the final backbone
     not_after = frozenset({"quantize"})
+    # if_graph: the stages plus the whole cascade as one graph with If (batch 1 pays one
+    # session call, not one per stage); stages: one graph per stage only
+    export_forms = {"if_graph": frozenset({"cascade", "conditional_graph"}), "stages": frozenset({"cascade"})}
     needs_final_weights = True  # heads train on the frozen backbone  # quantize after exits: thresholds re-calibrated on the quantized stages
 
     def features(self, cfg: Any) -> set[str]:

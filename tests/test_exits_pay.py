@@ -1,0 +1,155 @@
+"""Issue 16: exits that pay. Exit selection by expected latency, the in-pass stage/head
+timing, the one-graph cascade (If) in ONNX Runtime and OpenVINO, and the speed gate that
+publishes the network without exits when the exported cascade is slower."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.cascade import attach_exits, forward_all_exits
+from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
+from edgevit.exporters.cascade_graphs import conditional_cascade_graph, publish_reference
+from edgevit.exporters.onnx import OnnxExporter
+from edgevit.models import load_model
+from edgevit.passes.base import ExportedArtifact
+from edgevit.passes.exit_calibration import cumulative_costs, select_exits
+from edgevit.passes.exits import ExitsConfig, _head_specs, _speed_gate, exit_costs
+from edgevit.profiling import runner_module
+
+
+def test_cumulative_costs_merge_the_blocks_of_a_dropped_exit():
+    stage, head = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 0.25, 0.125])
+    assert cumulative_costs(stage, head, [0, 1, 2]).tolist() == [1.5, 3.75, 6.875, 10.875]
+    assert cumulative_costs(stage, head, [1]).tolist() == [3.25, 10.25]  # exit 0's head is gone, its blocks are not
+    assert cumulative_costs(stage, head, []).tolist() == [10.0]
+
+
+def _exits(n=3000, seed=0):
+    """Exit 0 confident and right on 60 % of the samples, exit 1 on few more, exit 2 useless."""
+    rng = np.random.default_rng(seed)
+    easy = rng.random(n) < 0.6
+    correct = np.stack([easy, easy | (rng.random(n) < 0.05), rng.random(n) < 0.3, np.ones(n, bool)])
+    scores = np.stack([np.where(easy, 0.9, 0.1) + rng.normal(0, 0.01, n),
+                       np.where(correct[1], 0.8, 0.2) + rng.normal(0, 0.01, n), rng.random(n)])
+    return scores, correct
+
+
+def test_exits_that_cost_more_than_they_save_are_dropped():
+    scores, correct = _exits()
+    stage = np.array([1.0, 1.0, 1.0, 1.0])
+    cheap = select_exits(scores, correct, stage, np.array([0.01, 0.01, 0.01]), 0.0)
+    assert 0 in cheap["keep"] and 2 not in cheap["keep"]  # nobody leaves safely at exit 2: its head is pure cost
+    assert cheap["outcome"].expected_cost < cheap["full_cost"] and cheap["outcome"].accuracy >= correct[-1].mean() - 1e-9
+    steps = [s["expected_cost"] for s in cheap["removal_steps"]]
+    assert steps == sorted(steps, reverse=True)  # every removal lowered the expected latency
+    costly = select_exits(scores, correct, stage, np.array([3.0, 3.0, 3.0]), 0.0)
+    assert costly["keep"] == [] and costly["outcome"].expected_cost == costly["full_cost"] == 4.0
+
+
+def test_stage_and_head_timing_covers_every_stage_and_head():
+    loaded = load_model("test_vit")
+    model = loaded.model.eval()
+    attach_exits(model, _head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
+    costs = exit_costs(model, loaded.input_size, rounds=2, calls=1)
+    assert len(costs["stage_ms"]) == 3 and len(costs["head_ms"]) == 2
+    assert all(v >= 0 for v in costs["stage_ms"]) and all(v > 0 for v in costs["head_ms"])
+    assert torch.get_num_threads() >= 1  # restored
+
+
+@pytest.fixture(scope="module")
+def cascade_bundle(tmp_path_factory):
+    """test_vit with two exits, exported for ONNX Runtime as stages plus the one-graph form."""
+    loaded = load_model("test_vit")
+    model = loaded.model.eval()
+    attach_exits(model, _head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
+    plan = LoweringPlan(cascade={"rule": "entropy", "thresholds": [0.5, 0.5]}, forms={"exits": "if_graph"})
+    ctx = ExportContext(example_input=torch.randn(2, *loaded.input_size))
+    bundle = OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), ctx, tmp_path_factory.mktemp("b") / "bundle")
+    return loaded, model, bundle
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_one_graph_cascade_returns_each_exit_as_pytorch_does(cascade_bundle, runtime):
+    loaded, model, bundle = cascade_bundle
+    graph = bundle.path / bundle.data["cascade"]["graph"]["file"]
+    x = np.random.default_rng(1).standard_normal((1, *loaded.input_size)).astype(np.float32)
+    with torch.no_grad():
+        reference = {k: v.numpy() for k, v in forward_all_exits(model, torch.from_numpy(x)).items()}
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(graph))
+        run = lambda t: session.run(None, {"input": x, "exit_thresholds": t})  # noqa: E731
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(ov.convert_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        run = lambda t: [compiled({"input": x, "exit_thresholds": t})[i] for i in range(2)]  # noqa: E731
+    inf = np.inf
+    for thresholds, index, name in [([-inf, inf], 0, "exit0_logits"), ([inf, -inf], 1, "exit1_logits"), ([inf, inf], 2, "logits")]:
+        logits, taken = run(np.array(thresholds, np.float32))
+        assert int(taken) == index
+        np.testing.assert_allclose(logits, reference[name], rtol=1e-3, atol=1e-4)
+
+
+def test_runner_runs_single_images_through_the_graph_and_batches_through_stages(cascade_bundle):
+    loaded, _, bundle = cascade_bundle
+    runner = runner_module()
+    session = runner.open_artifact(str(bundle.path), 1)
+    x = np.random.default_rng(2).standard_normal((6, *loaded.input_size)).astype(np.float32)
+    predicted, exited, stage_ms = session.classify({"input": x})  # a batch: stage sessions, compaction
+    assert len(stage_ms) >= 1
+    for i in range(len(x)):  # one image: the graph, same decision as the stages
+        p1, e1, ms1 = session.classify({"input": x[i:i + 1]})
+        assert ms1 == [] and (p1[0], e1[0]) == (predicted[i], exited[i])
+    result = runner.evaluate_cascade(session, x, None, 1)
+    assert result["executed_as"].startswith("one graph") and sum(result["exit_histogram"]) == 6
+
+
+class _Transport:
+    """Stands in for the device: reports a measured speed-up."""
+
+    def __init__(self, speedup):
+        self.speedup = speedup
+
+    def run(self, bundle_dir, **kwargs):
+        n = len(kwargs["eval_set"]["labels"])
+        lat = {"mean_ms": 1.0 / self.speedup, "p50_ms": 1.0 / self.speedup}
+        data = {"cascade": {"speedup_mean": self.speedup, "speedup_p50": self.speedup, "latency": lat,
+                            "full_model_latency": {"mean_ms": 1.0, "p50_ms": 1.0}, "exit_rates": [0.5, 0.25, 0.25],
+                            "accuracy": 0.5, "full_model_accuracy": 0.5, "stage_latency": [{"mean_ms": 0.1, "calls": n}]}}
+        return type("Result", (), {"data": data})()
+
+
+def _gate(bundle_dir: Path, speedup: float, policy: str):
+    artifact = ExportedArtifact(bundle_dir, False, _Transport(speedup), 1, 1, None, {}, None, {})
+    record = {"config": {"if_slower": policy}}
+    return _speed_gate(record, artifact, np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.int64))
+
+
+def test_a_slower_cascade_is_replaced_by_the_network_without_exits(cascade_bundle, tmp_path):
+    import shutil
+
+    loaded, model, bundle = cascade_bundle
+    faster = _gate(bundle.path, 1.3, "fallback")
+    assert faster["cascade_gate"]["published"] == "cascade" and "warnings" not in faster
+    kept = tmp_path / "kept"
+    shutil.copytree(bundle.path, kept)
+    keep = _gate(kept, 0.8, "keep")
+    assert keep["cascade_gate"]["published"] == "cascade" and "0.80x" in keep["warnings"][0]
+    assert "cascade" in json.loads((kept / "bundle.json").read_text())
+    fallen = tmp_path / "fallen"
+    shutil.copytree(bundle.path, fallen)
+    out = _gate(fallen, 0.8, "fallback")
+    assert out["cascade_gate"]["published"].startswith("reference") and "without exits instead" in out["warnings"][0]
+    data = json.loads((fallen / "bundle.json").read_text())
+    assert "cascade" not in data and data["model_file"] == "reference.onnx"
+    assert sorted(p.name for p in fallen.iterdir()) == sorted(["bundle.json", *data["files"]])  # stage graphs removed
+    session = runner_module().open_artifact(str(fallen), 1)
+    x = torch.randn(2, *loaded.input_size)
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run({"input": x.numpy()})["logits"], model(x).numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(Exception, match="not a cascade bundle"):
+        publish_reference(fallen)
