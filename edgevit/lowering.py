@@ -15,7 +15,12 @@ from typing import Any
 
 INT4_MIN_OPSET = 21  # blocked int4 DequantizeLinear exists from opset 21
 # export_forms keys of a profile that choose a lowering rather than a pass's form
-LOWERING_CHOICES = {"int8_activations": ("asymmetric", "symmetric")}
+LOWERING_CHOICES = {
+    "int8_activations": ("asymmetric", "symmetric"),  # symmetric: zero points 0 (TensorRT needs them)
+    # 7bit: int8 weights in [-64, 63], so x86 CPUs without VNNI (AVX2's saturating u8 x s8
+    # pair sums, vpmaddubsw) cannot overflow; 8bit: full range (VNNI, GPUs)
+    "int8_weights": ("8bit", "7bit"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class LoweringPlan:
     opset: int | None = None
     forms: dict[str, str] = field(default_factory=dict)  # pass kind -> export form
     symmetric_activations: bool = False
+    reduced_weight_range: bool = False  # 7-bit int8 weights
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]]) -> "LoweringPlan":
@@ -69,7 +75,9 @@ class LoweringPlan:
         if any(p == "int4" for p in self.layer_precision.values()):
             opset = max(opset, INT4_MIN_OPSET)
         symmetric = profile.export_forms.get("int8_activations", "asymmetric") == "symmetric"
-        return dataclasses.replace(self, target=profile.name, opset=opset, forms=forms, symmetric_activations=symmetric)
+        reduced = profile.export_forms.get("int8_weights", "8bit") == "7bit"
+        return dataclasses.replace(self, target=profile.name, opset=opset, forms=forms, symmetric_activations=symmetric,
+                                   reduced_weight_range=reduced)
 
     @property
     def quantized(self) -> bool:
@@ -83,6 +91,12 @@ class LoweringPlan:
         """The precision whose check thresholds apply: the planned low precision, or fp32."""
         low = {p for p in self.layer_precision.values() if p != self.default_precision}
         return low.pop() if len(low) == 1 else ("mixed" if low else self.default_precision)
+
+    def lowering_key(self) -> str:
+        """What distinguishes two lowerings of the same fp32 graph."""
+        layers = ",".join(f"{k}={v}" for k, v in sorted(self.layer_precision.items()))
+        return (f"{layers}|blocks={sorted(self.int4_block.items())}|clip={self.activation_clip_percentile}"
+                f"|sym={self.symmetric_activations}|w7={self.reduced_weight_range}")
 
     def graph_key(self) -> str:
         """What distinguishes the fp32 graphs of two targets: opset and pass export forms."""

@@ -147,7 +147,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     original_stats = model_stats(loaded.model, input_size)
     # the model as loaded, for the float baseline every artifact is timed against (and its accuracy)
     original = copy.deepcopy(loaded.model).eval() if recipe.passes else None
-    model, records, training = _apply_passes(loaded, recipe, calibration, opts, input_size, original)
+    model, records, training = apply_passes(loaded, recipe, calibration, opts, input_size, original)
     final_stats = model_stats(model, input_size)
     save_model_folder(loaded, model, records, stage / "model")
 
@@ -216,7 +216,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
     return report, failed
 
 
-def _apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet, opts: CompressOptions, input_size,
+def apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet, opts: CompressOptions, input_size,
                   teacher):
     """The recipe's passes in order; the recipe-level fine-tune (the whole stack distilled
     from ``teacher``, the model as loaded) runs once, right before the first pass that

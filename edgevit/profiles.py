@@ -58,7 +58,23 @@ def load_profile(name_or_path: str) -> TargetProfile:
     if beyond:
         raise RecipeError(f"{path}: precisions: {caps.name} does not execute {', '.join(beyond)}",
                           f"it executes {', '.join(caps.precisions)} (runtimes/{caps.name}.yaml)")
+    _check_export_forms(path, profile)
     if not caps.runs_here and profile.local_standin is None:
         raise RecipeError(f"{path}: runtime '{profile.runtime}' cannot run here and no local_standin is set",
                           "set local_standin: onnxruntime so the exported graph is at least checked")
     return profile
+
+
+def _check_export_forms(path: Path, profile: TargetProfile) -> None:
+    """export_forms keys are lowering choices or pass kinds that have export forms."""
+    from edgevit.lowering import LOWERING_CHOICES
+    from edgevit.passes.specs import pass_specs
+
+    choices = {**LOWERING_CHOICES, **{k: tuple(s.export_forms) for k, s in pass_specs().items() if s.export_forms}}
+    for key, value in profile.export_forms.items():
+        if key not in choices:
+            raise RecipeError(f"{path}: export_forms: unknown key '{key}'" + did_you_mean(key, choices),
+                              f"known: {', '.join(sorted(choices))}")
+        if value not in choices[key]:
+            raise RecipeError(f"{path}: export_forms.{key}: unknown '{value}'" + did_you_mean(value, choices[key]),
+                              f"one of {', '.join(choices[key])}")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import TINY_SWIN, TINY_VIT
-from edgevit.adapters import (BLOCK_LINEARS, CAPABILITIES, EXIT_TOKENS, HEAD_SURGERY, MLP_SURGERY, REPQ_PAIRS, STAGES,
+from edgevit.adapters import (BLOCK_LINEARS, CAPABILITIES, EXIT_TOKENS, GRID_TOKEN_HOOK, HEAD_SURGERY, MLP_SURGERY, REPQ_PAIRS, STAGES,
                               TOKEN_HOOK, GenericTimmAdapter, SwinAdapter, VitAdapter, adapter_for, check_passes_supported,
                               registered_adapters, resolve_class, swap_module)
 from edgevit.errors import ModelError
@@ -102,6 +102,11 @@ def _exercise(capability, loaded, adapter):
 
         model, record = TomePass().apply(model, TomeConfig(r=2), PassContext(seed=0, input_size=loaded.input_size))
         assert record.metrics["flops_reduction"] > 0
+    elif capability == GRID_TOKEN_HOOK:
+        from edgevit.passes.swin_merge import SwinMergeConfig, SwinMergePass
+
+        model, record = SwinMergePass().apply(model, SwinMergeConfig(ratio=0.5), PassContext(seed=0, input_size=loaded.input_size))
+        assert record.metrics["flops_reduction"] > 0
     elif capability in (STAGES, EXIT_TOKENS):
         from edgevit.passes.exits import ExitsConfig, _head_specs
 
@@ -128,6 +133,7 @@ NEEDS = {
     MLP_SURGERY: ("prune", {"flops_reduction": 0.2}),
     BLOCK_LINEARS: ("prune", {"param_reduction": 0.2, "structure": "unstructured"}),
     TOKEN_HOOK: ("tome", {"r": 2}),
+    GRID_TOKEN_HOOK: ("swin_merge", {"ratio": 0.5}),
     STAGES: ("exits", {}),
     EXIT_TOKENS: ("exits", {}),
 }

@@ -64,7 +64,7 @@ def cascade_bundle(tmp_path_factory):
     loaded = load_model("test_vit")
     model = loaded.model.eval()
     attach_exits(model, _head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
-    plan = LoweringPlan(cascade={"rule": "entropy", "thresholds": [0.5, 0.5]}, forms={"exits": "if_graph"})
+    plan = LoweringPlan(cascade={"rule": "entropy", "thresholds": [0.5, 0.5]}, pass_records=[{"kind": "exits", "structure": {}}])
     ctx = ExportContext(example_input=torch.randn(2, *loaded.input_size))
     bundle = OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), ctx, tmp_path_factory.mktemp("b") / "bundle")
     return loaded, model, bundle

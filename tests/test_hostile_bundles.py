@@ -119,12 +119,14 @@ def test_transport_does_not_push_a_host_file_named_by_a_bundle(outside, adb_log)
     assert not any(call[2] == "push" for call in adb_log())
 
 
-def test_a_bundle_file_cannot_replace_the_runner_on_the_device(tmp_path, adb_log):
+@pytest.mark.parametrize("name, message", [("runner.py", "never Python code"), ("session_x.py", "never Python code"),
+                                           ("outputs.npz", "outputs.npz would overwrite")])
+def test_a_bundle_file_cannot_replace_the_runner_on_the_device(tmp_path, adb_log, name, message):
     """Before: a bundle listing its own runner.py had it pushed over edgevit's runner,
-    which the device then executed."""
-    folder = _bundle(tmp_path / "b", files=["model.onnx", "runner.py"])
-    (folder / "runner.py").write_text("raise SystemExit('not edgevit')\n")
-    with pytest.raises(EdgevitError, match="runner.py would overwrite"):
+    which the device then executed (and the runner loads session_*.py beside it)."""
+    folder = _bundle(tmp_path / "b", files=["model.onnx", name])
+    (folder / name).write_text("raise SystemExit('not edgevit')\n")
+    with pytest.raises(EdgevitError, match=message):
         transport_for(f"adb://S?python={sys.executable}").run(folder, runs=1, warmup=0, threads=1, batch=1)
     assert not any(call[2] == "push" for call in adb_log())
 

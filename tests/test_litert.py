@@ -77,6 +77,7 @@ def test_fp32_export_matches_pytorch_and_runs_in_the_runner(tmp_path, tiny_vit):
     assert data["executed"]["delegate_partitions"] >= 1  # XNNPACK took the graph
 
 
+@pytest.mark.slow  # ~14 s of CI's 15 min; the fp16 profile's plan checks stay in the fast set
 def test_fp16_profile_stores_fp16_weights(tmp_path, tiny_vit):
     model, calib, check, ref = tiny_vit
     fp32 = _export(tmp_path / "a", model, calib, check)

@@ -57,7 +57,8 @@ def test_zero_merge_is_bit_identical_to_timm_in_every_block(arch):
         assert torch.equal(model(x), reference)
 
 
-def test_kernel_merges_only_what_it_says():
+@pytest.mark.parametrize("match", ["cell", "grid"])
+def test_kernel_merges_only_what_it_says(match):
     x = torch.randn(2, 8 * 6, 5)
     dst, src = cell_split(x, 8, 6, 2)
     assert torch.equal(cell_join(dst, src, 8, 6, 2), x) and dst.shape == (2, 12, 5) and src.shape == (2, 12, 3, 5)
@@ -65,9 +66,9 @@ def test_kernel_merges_only_what_it_says():
     flat = cell_join(dst, dst.unsqueeze(2).expand(-1, -1, 3, -1), 8, 6, 2)
     fn = torch.nn.Linear(5, 7)
     with torch.no_grad():
-        torch.testing.assert_close(merge_compute_unmerge(flat, fn, 8, 6, 2, 36), fn(flat))
+        torch.testing.assert_close(merge_compute_unmerge(flat, fn, 8, 6, 2, 36, match), fn(flat))
         seen = []
-        out = merge_compute_unmerge(x, lambda t: seen.append(t.shape[1]) or t, 8, 6, 2, 10)
+        out = merge_compute_unmerge(x, lambda t: seen.append(t.shape[1]) or t, 8, 6, 2, 10, match)
     assert seen == [48 - 10]
     kept = (out == x).all(-1).sum(1)
     assert (kept >= 48 - 10 - 12).all()  # every unmerged source comes back exactly; merged ones take their cell's mean
@@ -107,14 +108,14 @@ def test_config_and_family_refusals():
     assert "Swin" in err.value.hint
 
 
-@pytest.mark.parametrize("arch", SWINS)
-def test_export_matches_pytorch_without_scatter_at_any_batch(arch):
+@pytest.mark.parametrize("arch, match", [("v1", "cell"), pytest.param("v2", "grid", marks=pytest.mark.slow)])
+def test_export_matches_pytorch_without_scatter_at_any_batch(arch, match):
     import onnx
     import onnxruntime as ort
     import openvino as ov
 
     loaded = _load(arch)
-    model, _ = _apply(loaded, ratio=0.75)
+    model, _ = _apply(loaded, ratio=0.75, match=match)
     x = torch.randn(3, *loaded.input_size)
     path = export_onnx_graph(model, ExportContext(example_input=x), LoweringPlan(opset=18))
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -146,14 +147,14 @@ def test_prune_then_merge_then_int8_end_to_end(cli, write_recipe, tmp_path, imag
     recipe = write_recipe(f"name: t\nmodel: {{name: {name}, model_args: {json.dumps(args)}}}\n"
                           "passes: [{kind: prune, method: dimap, flops_reduction: 0.2}, {kind: swin_merge, ratio: 0.5},\n"
                           "         {kind: quantize, method: uniform, weights: int8, activations: int8}]\n"
-                          "exports: [x86-onnxruntime, x86-openvino, x86-tensorrt]\nevaluation: {check_batch: 4}\n"
+                          "exports: [x86-onnxruntime, x86-openvino]\nevaluation: {check_batch: 4}\n"
                           "calibration: {n: 8}\nprofile: {runs: 3, warmup: 1}\n")
     out = tmp_path / "run"
     result = cli("compress", "--recipe", recipe, "--data", images, "--out", out, "--allow-synthetic-calibration")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert [p["kind"] for p in report["passes"]] == ["prune", "swin_merge", "quantize"]
-    assert all(a["check"]["passed"] for a in report["artifacts"]) and len(report["artifacts"]) == 3
+    assert all(a["check"]["passed"] for a in report["artifacts"]) and len(report["artifacts"]) == 2
 
 
 @pytest.mark.slow

@@ -143,6 +143,7 @@ def test_shipped_token_recipes_end_to_end(cli, tmp_path, images, recipe):
     assert "training-free" in report["passes"][0]["notes"][0]
 
 
+@pytest.mark.slow  # ~30 s: the form choice is unit-tested (test_capabilities), the onehot lint in test_tensorrt
 def test_tensorrt_profile_selects_onehot_merge_and_is_checked_not_timed(cli, write_recipe, tmp_path):
     import onnx
 

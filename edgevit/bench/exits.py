@@ -16,6 +16,7 @@ import torch
 
 from edgevit.bench.context import BenchContext, section
 from edgevit.data import label_map, load_images, scan_image_folder
+from edgevit.cascade import keep_exits
 from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
@@ -53,18 +54,29 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
         if ctx.over_cap():
             notes.append(f"{name} budget {budget}: skipped (time cap)")
             continue
-        thresholds, metrics = calibrate_exits(model, exits_pass.holdout, EXITS["rule"], budget, base.input_size)
-        plan = LoweringPlan(cascade={"rule": EXITS["rule"], "thresholds": thresholds})
+        # every trained head back, then the exits that pay at this budget (re-selected per budget)
+        heads, specs = exits_pass.trained
+        model.edgevit_exits, model.edgevit_exit_specs = torch.nn.ModuleList(heads), list(specs)
+        keep, thresholds, metrics = calibrate_exits(model, exits_pass.holdout, EXITS["rule"], budget, base.input_size,
+                                                    exits_pass.costs)
+        keep_exits(model, keep)
+        if not keep:
+            notes.append(f"{name} budget {budget}: no exit pays; nothing to run as a cascade")
+            continue
+        plan = LoweringPlan(cascade={"rule": EXITS["rule"], "thresholds": thresholds},
+                            pass_records=[{"kind": "exits", "structure": {}}])  # the profile's export form (if_graph)
         bundle = OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), export_ctx, ctx.work / f"{name}-{budget}")
         measured = LocalTransport().run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
         lat, full = measured["latency"], measured["full_model_latency"]
         rows.append([name, f"{budget:g} pt", f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f}",
                      f"{measured['accuracy']:.4f}", f"{measured['full_model_accuracy']:.4f}",
                      f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
-                     " / ".join(f"{r:.0%}" for r in measured["exit_rates"]),
+                     "blocks " + ",".join(str(specs[k].block + 1) for k in keep) + ": "
+                     + " / ".join(f"{r:.0%}" for r in measured["exit_rates"]),
                      f"{lat['mean_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['mean_ms']:.2f}", f"{full['p90_ms']:.2f}",
                      f"{measured['speedup_mean']:.2f}x", f"{metrics['expected_flops_reduction']:.1%}"])
-        runs.append({"budget_points": budget, "thresholds": thresholds, "calibration": metrics, "measured": measured})
+        runs.append({"budget_points": budget, "exits_kept": keep, "thresholds": thresholds, "calibration": metrics,
+                     "measured": measured})
     results[name] = {"exit_blocks_1based": record.metrics["exit_blocks_1based"], "head_kinds": record.metrics["head_kinds"],
                      "head_params": record.metrics["head_params"], "training": t, "runs": runs}
     notes.append(f"{name}: exits after blocks {record.metrics['exit_blocks_1based']} ({', '.join(record.metrics['head_kinds'])} heads, "

@@ -22,8 +22,8 @@ from edgevit.pipeline import CompressOptions, compress
 # explicit: swin_tiny_c10's last grid (2x2) divides by the stride where Swin-T 224's (7x7)
 # does not, and both should merge in the same stages
 STRENGTHS: dict[str, dict[str, Any]] = {
-    "stages 1-3, ratio 0.5": {"ratio": 0.5, "stages": [1, 2, 3]},
-    "stages 1-3, ratio 0.75": {"ratio": 0.75, "stages": [1, 2, 3]},
+    "stages 1-3, ratio 0.25": {"ratio": 0.25, "stages": [1, 2, 3]},
+    "stage 3, ratio 0.5, grid match": {"ratio": 0.5, "stages": [3], "match": "grid"},
     "stage 3, ratio 0.75": {"ratio": 0.75, "stages": [3]},
 }
 LATENCY_MODEL, LATENCY_ARGS = "swin_tiny_patch4_window7_224", {}

@@ -47,8 +47,7 @@ def _lowered_stages(model: nn.Module, paths: list[Path], described: list[dict], 
     """Each stage graph with the plan's layers lowered (QDQ int8 / blocked int4); int8
     activations are calibrated on what each stage really receives: the calibration images
     run through the stages before it."""
-    symmetric = plan.symmetric_activations
-    key = f"{paths[0]}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}-{symmetric}"
+    key = f"{paths[0]}-lowered-{plan.lowering_key()}"
     if key in ctx.cache:
         return ctx.cache[key]
     import onnx
@@ -69,7 +68,8 @@ def _lowered_stages(model: nn.Module, paths: list[Path], described: list[dict], 
         out = path.parent / f"lowered-{len(ctx.cache)}" / path.name
         out.parent.mkdir(exist_ok=True)
         quantize_graph(path, out, precision, {m: b for m, b in plan.int4_block.items() if m in precision}, feeds[k],
-                       clip_percentile=plan.activation_clip_percentile, symmetric_activations=symmetric, module_prefix=STAGE_PREFIX)
+                       clip_percentile=plan.activation_clip_percentile, symmetric_activations=plan.symmetric_activations,
+                       reduce_weight_range=plan.reduced_weight_range, module_prefix=STAGE_PREFIX)
         lowered.append(out)
     missing = [m for m, p in plan.layer_precision.items() if p in ("int8", "int4") and m not in covered]
     if missing:

@@ -3,7 +3,6 @@ that other exporters (OpenVINO) convert from."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import warnings
@@ -100,8 +99,7 @@ def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext)
     graph = export_onnx_graph(model, ctx, plan)
     if not plan.quantized:
         return graph
-    symmetric = plan.symmetric_activations
-    key = f"{graph}-lowered-{json.dumps(plan.layer_precision, sort_keys=True)}-{plan.activation_clip_percentile}-{symmetric}"
+    key = f"{graph}-lowered-{plan.lowering_key()}"
     if key in ctx.cache:
         return ctx.cache[key]
     from edgevit.exporters.quantize_onnx import quantize_graph
@@ -111,7 +109,8 @@ def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext)
     if any(p == "int8" for p in plan.layer_precision.values()):
         calibration = ctx.calibration.images(ctx.preprocessing).numpy()
     quantize_graph(graph, out, plan.layer_precision, plan.int4_block, calibration, INPUT_NAME,
-                   plan.activation_clip_percentile, symmetric_activations=symmetric)
+                   plan.activation_clip_percentile, symmetric_activations=plan.symmetric_activations,
+                   reduce_weight_range=plan.reduced_weight_range)
     ctx.cache[key] = out
     return out
 

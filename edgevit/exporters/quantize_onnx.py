@@ -161,7 +161,8 @@ def int8_targets(model, layer_precision: dict[str, str], linear: dict[str, str],
 def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_blocks: dict[str, int],
                    calibration: np.ndarray | dict[str, np.ndarray] | None, input_name: str = "input",
                    clip_percentile: float | None = None, symmetric_activations: bool = False,
-                   module_prefix: str = "", attention_scores: bool = False) -> dict[str, int]:
+                   module_prefix: str = "", attention_scores: bool = False,
+                   reduce_weight_range: bool = False) -> dict[str, int]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -179,7 +180,13 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
     # the image input (vit_tiny_c10: logit SQNR 37 -> 17 dB). Weights in [-64, 64] cannot
     # saturate; NNCF's overflow fix does the same on the first layer. Costs one bit on one layer.
     by_name = {n.name: n for n in exported.graph.node}
-    overrides = {by_name[c].input[1]: [{"reduce_range": True}] for c in convs}
+    overrides = {by_name[c].input[1]: [{"reduce_range": True, "axis": 0}] for c in convs}  # axis: keep per-channel
+    if reduce_weight_range:  # the same 7-bit weights on every int8 layer (see the profiles' export_forms)
+        constants = {i.name for i in exported.graph.initializer}
+        for n in int8:
+            node = by_name.get(n)
+            if node is not None and node.op_type in INT8_AXIS and node.input[1] in constants:
+                overrides.setdefault(node.input[1], [{"reduce_range": True, "axis": INT8_AXIS[node.op_type]}])
     stage = dst.with_suffix(".int8.onnx")
     if int8:
         if calibration is None:
@@ -191,7 +198,10 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
                             op_types_to_quantize=INT8_OPS, nodes_to_quantize=int8,
                             # percentile calibration clips activation outliers; min/max keeps them
                             calibrate_method=CalibrationMethod.Percentile if clip_percentile else CalibrationMethod.MinMax,
+                            # QuantizeBias off: the conv's bias stays float (an int32 bias DequantizeLinear
+                            # is what TensorRT 10.3's parser refuses; the runtimes fold a float bias anyway)
                             extra_options={"QDQOpTypePerChannelSupportToAxis": INT8_AXIS, "WeightSymmetric": True,
+                                           "QuantizeBias": False,
                                            "ActivationSymmetric": symmetric_activations,
                                            "OpTypesToExcludeOutputQuantization": INT8_OPS, "TensorQuantOverrides": overrides,
                                            **({"CalibPercentile": clip_percentile} if clip_percentile else {})})

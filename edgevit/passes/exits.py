@@ -344,7 +344,7 @@ class ExitsPass:
         return {**added, **_speed_gate(record, artifact, images, labels)}
 
 
-GATE_IMAGES = 1000  # held-out images the exported cascade is timed on against its reference
+GATE_IMAGES = 500  # held-out images the exported cascade is timed on against its reference
 
 
 def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray,

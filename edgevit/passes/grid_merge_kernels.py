@@ -43,9 +43,13 @@ def max_merge(h: int, w: int, s: int) -> int:
 
 
 def merge_compute_unmerge(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], h: int, w: int, s: int,
-                          r: int) -> torch.Tensor:
+                          r: int, match: str = "cell") -> torch.Tensor:
     """``fn`` (token-wise, e.g. an MLP) applied to x [B, h*w, C] as if to every token, computed
-    on h*w - r tokens. r == 0 calls ``fn(x)`` itself (bit-identical to not merging)."""
+    on h*w - r tokens. r == 0 calls ``fn(x)`` itself (bit-identical to not merging).
+
+    match: "cell" scores each source against its own cell's destination only (dense, N x C);
+    "grid" lets it pick the most similar destination of the whole grid (ToMe-SD's match, a
+    [N_src, M] similarity and a one-hot MatMul: affordable on the small late-stage grids)."""
     if r == 0:
         return fn(x)
     b, n, c = x.shape
@@ -53,15 +57,24 @@ def merge_compute_unmerge(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Te
         raise ValueError(f"grid merge: {n} tokens, grid {h}x{w}, stride {s}, r {r} do not fit")
     dst, src = cell_split(x, h, w, s)
     m, k = src.shape[1], src.shape[2]
-    sim = (F.normalize(src, dim=-1) * F.normalize(dst, dim=-1).unsqueeze(2)).sum(-1).flatten(1)  # [B, M*k]
+    if match == "cell":
+        sim = (F.normalize(src, dim=-1) * F.normalize(dst, dim=-1).unsqueeze(2)).sum(-1).flatten(1)  # [B, M*k]
+        partner = torch.arange(m, device=x.device).repeat_interleave(k).expand(b, -1)  # a constant in the graph
+    elif match == "grid":
+        sim, partner = (F.normalize(src.flatten(1, 2), dim=-1) @ F.normalize(dst, dim=-1).transpose(1, 2)).max(-1)
+    else:
+        raise ValueError(f"unknown grid merge match {match!r} (cell | grid)")
     order = sim.argsort(dim=1, descending=True)
     rank = order.argsort(dim=1)  # rank of each source; the r first are merged
     merged = rank < r
-    weight = merged.to(x.dtype).view(b, m, k, 1)
-    dst_in = (dst + (src * weight).sum(2)) / (1 + weight.sum(2))  # plain mean: every block unmerges, no sizes to carry
+    if match == "cell":
+        weight = merged.to(x.dtype).view(b, m, k, 1)
+        dst_in = (dst + (src * weight).sum(2)) / (1 + weight.sum(2))  # plain mean: every block unmerges, no sizes to carry
+    else:  # one-hot MatMul instead of a scatter-add: the graph stays free of ScatterElements
+        onehot = F.one_hot(partner, m).to(x.dtype) * merged.unsqueeze(-1).to(x.dtype)  # [B, M*k, M]
+        dst_in = (dst + onehot.transpose(1, 2) @ src.flatten(1, 2)) / (1 + onehot.sum(1).unsqueeze(-1))
     kept = src.flatten(1, 2).gather(1, order[:, r:, None].expand(-1, -1, c))
     y = fn(torch.cat([dst_in, kept], dim=1))  # [B, M + M*k - r, C']
-    cell_of = torch.arange(m, device=x.device).repeat_interleave(k)  # source -> its cell (a constant in the graph)
-    index = torch.where(merged, cell_of, m + rank - r)  # merged: its destination's row; kept: its row after the M
+    index = torch.where(merged, partner, m + rank - r)  # merged: its destination's row; kept: its row after the M
     y_src = y.gather(1, index.unsqueeze(-1).expand(-1, -1, y.shape[-1])).view(b, m, k, -1)
     return cell_join(y[:, :m], y_src, h, w, s)

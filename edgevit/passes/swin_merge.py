@@ -32,6 +32,7 @@ class GridMerge:
     w: int
     stride: int
     r: int
+    match: str = "cell"
 
 
 _PATCHED: dict[type, type] = {}
@@ -42,7 +43,7 @@ def _merging_class(cls: type) -> type:
         m: GridMerge = self.edgevit_grid_merge
         # the unpatched class's forward on fewer tokens: whatever that module is (timm Mlp,
         # GluMlp, a pruned one), it is what runs
-        return merge_compute_unmerge(x, functools.partial(cls.forward, self), m.h, m.w, m.stride, m.r)
+        return merge_compute_unmerge(x, functools.partial(cls.forward, self), m.h, m.w, m.stride, m.r, m.match)
 
     return type(f"GridMerging{cls.__name__}", (cls,), {"forward": forward})
 
@@ -82,7 +83,7 @@ def merge_plan(adapter: ModelAdapter, cfg: SwinMergeConfig) -> list[tuple[BlockR
             raise EdgevitError(f"swin_merge: stage {ref.stage + 1}'s {h}x{w} grid is not divisible by stride {cfg.stride}",
                                "leave that stage out of `stages`, or change stride")
         r = min(math.floor(cfg.ratio * h * w), max_merge(h, w, cfg.stride)) if chosen else 0
-        plan.append((ref, GridMerge(h, w, cfg.stride, r) if r > 0 else None))
+        plan.append((ref, GridMerge(h, w, cfg.stride, r, cfg.match) if r > 0 else None))
     return plan
 
 

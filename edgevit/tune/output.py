@@ -53,7 +53,7 @@ def write_outputs(out: Path, name: str, rows: list[dict[str, Any]], baseline: di
     best = chosen(rows, metrics)
     summary = {"study": name, "budget": budget, "limits": limits, "max_drop": max_drop, "baseline": baseline,
                "trials": rows, "pareto": [r["number"] for r in pareto],
-               "chosen": {k: r["number"] for k, r in best.items()}}
+               "chosen": {k: r["number"] for k, r in best.items()}, "versions": _versions()}
     _write(out / "results.json", json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     _write(out / "trials.md", _table(rows, baseline, metrics, short, f"All trials of {name}"))
     _write(out / "pareto.md", _table(pareto, baseline, metrics, short, f"Pareto front of {name} (budget {budget}, "
@@ -68,6 +68,20 @@ def write_outputs(out: Path, name: str, rows: list[dict[str, Any]], baseline: di
     for r in pareto:
         _write(chosen_dir / "pareto" / f"trial-{r['number']:04d}.yaml", _chosen_text(r, f"Pareto front of study {name}"))
     return summary
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from edgevit.versions import library_versions
+
+    out = library_versions()
+    for name in ("optuna", "ray"):  # the study's own machinery
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _chosen_text(row: dict[str, Any], why: str) -> str:

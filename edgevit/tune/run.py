@@ -292,11 +292,13 @@ def _final_reports(opts: TuneOptions, chosen: dict[str, int], ctx: Any) -> dict[
     from edgevit.pipeline import CompressOptions, compress
 
     out: dict[str, Any] = {}
-    for label in dict.fromkeys(chosen):
-        progress.step(f"final report of the chosen recipe {label} on --data {opts.data}")
+    labels = {number: label for label, number in reversed(list(chosen.items()))}  # one run per trial, first label
+    for number, label in labels.items():
+        progress.step(f"final report of the chosen recipe {label} (trial {number}) on --data {opts.data}")
         published = compress(CompressOptions(recipe=str(opts.out / "chosen" / f"{label}.yaml"), out=opts.out / "final" / label,
                                              data=opts.data, train_data=opts.train_data, calib_data=opts.calib_data, force=True))
         report = json.loads((published / "report.json").read_text())
-        out[label] = {"trial": chosen[label], "run": str(published), "top1": report["accuracy"]["top1"],
+        out[label] = {"trial": number, "also": [k for k, v in chosen.items() if v == number and k != label],
+                      "run": str(published), "top1": report["accuracy"]["top1"],
                       "profile": {k: v.get("p50_ms") for k, v in report["profile"].items()}}
     return out

@@ -190,7 +190,7 @@ def precheck(recipe_path: Path, ctx: TrialContext) -> dict[str, Any]:
     from edgevit.flops import model_stats
     from edgevit.models import load_model
     from edgevit.passes.specs import pass_spec
-    from edgevit.pipeline import CompressOptions, _apply_passes
+    from edgevit.pipeline import CompressOptions, apply_passes
     from edgevit.recipe import load_recipe
 
     recipe = load_recipe(recipe_path).recipe
@@ -210,7 +210,7 @@ def precheck(recipe_path: Path, ctx: TrialContext) -> dict[str, Any]:
     before = model_stats(loaded.model, input_size)
     training_free = recipe.model_copy(update={"passes": free, "finetune": None})
     teacher = copy.deepcopy(loaded.model).eval()  # passes that score against the original model get it, as in compress
-    model, _, _ = _apply_passes(loaded, training_free, calibration, opts, input_size, teacher)
+    model, _, _ = apply_passes(loaded, training_free, calibration, opts, input_size, teacher)
     after = model_stats(model, input_size)
     top1 = measure_top1({"pytorch": torch_predictor(model)}, scan_image_folder(ctx.val_split, "validation split"),
                         recipe.evaluation.n, recipe.seed, data_config, recipe.evaluation.batch_size,

@@ -22,6 +22,7 @@ class SwinMergeConfig(PassConfig):
     stride: int = Field(2, ge=2, le=4, description="cells of stride x stride tokens; one destination per cell")
     stages: list[StageIndex] | None = Field(None, description="1-based stages that merge (default: every stage whose grid the stride divides)")
     blocks: list[BlockIndex] | None = Field(None, description="1-based blocks that merge, counted over all stages (default: all in `stages`)")
+    match: Literal["cell", "grid"] = Field("cell", description="a token merges into its own cell's destination, or the most similar one of the grid")
     finetune: FinetuneConfig | None = None
 
     @model_validator(mode="after")
