@@ -113,8 +113,10 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
             speed = "- (no pass: this is the uncompressed model)"
         elif base.get("timed"):
             speed = f"{base['speedup_cpu']:.2f}x ({base['cpu_time_ms']:.2f} -> {base['cpu_time_ms'] / base['speedup_cpu']:.2f} ms)"
-            if not base["faster"]:
+            if base["faster"] is False:
                 speed += " **NOT FASTER than the uncompressed model**"
+            elif base["faster"] is None:
+                speed += " (cascade through every stage, its worst case: see the cascade section)"
         else:
             speed = "not timed" + (f": {base['reason']}" if base.get("reason") else (": " + a["where_run"] if a["checked_in"] != a["runtime"] else ""))
         t = top1.get(a["name"])
