@@ -104,7 +104,8 @@ def test_unsupported_models_fail_clearly():
         _apply(gap, EvitPass, EvitConfig())
 
 
-@pytest.mark.parametrize("form", ["scatter", "onehot"])
+# onehot is also exported in the fast set by tests/test_tensorrt.py (merge form vs lint); slow here for CI time
+@pytest.mark.parametrize("form", ["scatter", pytest.param("onehot", marks=pytest.mark.slow)])
 def test_tome_exports_in_both_forms_with_dynamic_batch(form):
     import onnx
     import onnxruntime as ort
@@ -132,7 +133,7 @@ def test_rebuild_from_record(tmp_path):
         assert torch.equal(again(x), model(x))
 
 
-@pytest.mark.parametrize("recipe", ["evit_deit", "tome_deit"])
+@pytest.mark.parametrize("recipe", [pytest.param("evit_deit", marks=pytest.mark.slow), "tome_deit"])  # both: make test-all
 def test_shipped_token_recipes_end_to_end(cli, tmp_path, images, recipe):
     out = tmp_path / recipe
     result = cli("compress", "--recipe", recipe, "--model", "test_vit", "--data", images, "--out", out)
