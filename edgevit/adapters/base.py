@@ -265,3 +265,13 @@ def swap_module(root: nn.Module, name: str, replacement: nn.Module) -> Iterator[
         yield original
     finally:
         setattr(parent, child, original)
+
+
+def undo_class_swaps(model: nn.Module, marker: str) -> nn.Module:
+    """Undo the patches that swapped a module's class for a subclass and tagged it with the
+    attribute ``marker`` (token hooks): the original class and no tag again."""
+    for module in model.modules():
+        if hasattr(module, marker):
+            module.__class__ = module.__class__.__mro__[1]
+            delattr(module, marker)
+    return model

@@ -59,11 +59,9 @@ def install_grid_merge(module: nn.Module, merge: GridMerge) -> None:
 
 
 def uninstall_grid_merge(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if hasattr(module, "edgevit_grid_merge"):
-            module.__class__ = module.__class__.__mro__[1]
-            del module.edgevit_grid_merge
-    return model
+    from edgevit.adapters.base import undo_class_swaps
+
+    return undo_class_swaps(model, "edgevit_grid_merge")
 
 
 def merge_plan(adapter: ModelAdapter, cfg: SwinMergeConfig) -> list[tuple[BlockRef, GridMerge | None]]:

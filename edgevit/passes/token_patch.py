@@ -101,8 +101,6 @@ def patch_block(block: nn.Module, reduction: Reduction) -> None:
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if hasattr(module, "edgevit_reduction"):
-            module.__class__ = module.__class__.__mro__[1]
-            del module.edgevit_reduction
-    return model
+    from edgevit.adapters.base import undo_class_swaps
+
+    return undo_class_swaps(model, "edgevit_reduction")
