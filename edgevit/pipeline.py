@@ -26,6 +26,7 @@ from edgevit.capabilities import runtime
 from edgevit.exporters import ExportContext, LoweringPlan, TargetProfile
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
+from edgevit.layer_kinds import by_kind
 from edgevit.models import LoadedModel, load_model, save_model_folder
 from edgevit.passes.base import ExportedArtifact, PassContext
 from edgevit.passes.specs import pass_impl, pass_spec
@@ -300,6 +301,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
         "precision": bundle.data["precision"],
         "executed_precision": "not run here" if standin else executed_precision(executed),
         "executed": executed,
+        "time_by_kind": by_kind(executed["op_times"]) if executed and executed.get("op_times") else None,
         "simulated": bool(plan.simulated_layers),
         "simulated_layers": plan.simulated_layers,
         "where_run": data["where_run"],

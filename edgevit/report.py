@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgevit.layer_kinds import kind_cells
 from edgevit.textfile import dumps_finite, write_text
 
 REPORT_SCHEMA_VERSION = 1
@@ -46,6 +47,25 @@ def _sig(value: Any) -> str:
 
 def _mega(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def _time_by_kind(artifacts: list[dict[str, Any]]) -> list[str]:
+    """Where each artifact's time goes, from its runtime's own per-op counters at batch 1."""
+    profiled = [a for a in artifacts if a.get("time_by_kind")]
+    if not profiled:
+        return []
+    kinds = list(dict.fromkeys(k for a in profiled for k in a["time_by_kind"]["kinds"]))
+    lines = ["", "## Where the time goes", "",
+             "Share of each runtime's own per-op counters (ONNX Runtime profiler, OpenVINO PERF_COUNT; batch 1, "
+             "mean of a few runs) by kind of layer; `int8` = share of the linear / matmul / attention time that ran in "
+             "an integer kernel. Profilers add overhead: these are shares, not latency.", "",
+             "| target | profiled ms | " + " | ".join(kinds) + " | compute time in integer |",
+             "|---|---|" + "---|" * len(kinds) + "---|"]
+    for a in profiled:
+        t = a["time_by_kind"]
+        lines.append(f"| {a['name']} | {t['total_ms']:.1f} | " + " | ".join(kind_cells(t, tuple(kinds)))
+                     + f" | {t['compute_integer_share']:.0%} |")
+    return lines
 
 
 def _bit_chart(bits: dict[str, int], relevance: dict[str, float]) -> list[str]:
@@ -173,6 +193,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {a['size_bytes'] / 1e6:.2f} MB | {c.get('metric', '-')} | {_sig(c.get('value'))} "
             f"| {c.get('threshold')} | {'yes' if c['passed'] else 'NO: ' + c.get('reason', '')} | {a['where_run']} |"
         )
+    lines += _time_by_kind(report["artifacts"])
     acc = report.get("accuracy")
     lines += ["", "## Accuracy", ""]
     if not acc:

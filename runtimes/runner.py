@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 RUNNER_VERSION = 1
+OP_TIME_RUNS = 5  # inferences the per-op profile averages over
 BASELINE_ROUNDS = 5  # blocks the artifact and its baseline alternate in when timed together
 ORT_COMPUTE_OPS = (
     "MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Conv", "FusedConv", "Attention", "MultiHeadAttention",
@@ -272,6 +273,25 @@ class OrtSession(_Session):
     def run(self, feeds):
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
+    def op_times(self, feeds, runs):
+        """Mean ms per inference spent in each op type ("Op@precision"), from ORT's own
+        profiler (needs profile_ops); the profiler's overhead makes these shares, not latency."""
+        for _ in range(runs):
+            self.run(feeds)
+        trace = self.session.end_profiling()
+        with open(trace) as fh:
+            events = json.load(fh)
+        os.remove(trace)
+        # the trace holds every run since the session opened: divide by the runs it saw
+        seen = max(1, sum(1 for ev in events if ev.get("cat") == "Session" and ev.get("name") == "model_run"))
+        totals = {}
+        for ev in events:
+            op = ev.get("args", {}).get("op_name")
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time") and op:
+                key = "{}@{}".format(op, self.precision_of(op))
+                totals[key] = totals.get(key, 0.0) + ev.get("dur", 0) / 1000.0 / seen
+        return totals
+
     def executed(self, feeds):
         """Op types that really executed (from ORT's profiler), counted."""
         self.run(feeds)
@@ -309,6 +329,8 @@ class OvSession(_Session):
         config.setdefault("INFERENCE_PRECISION_HINT", "f32")
         config.setdefault("NUM_STREAMS", "1")
         config.setdefault("PERFORMANCE_HINT", "LATENCY")
+        if profile_ops:
+            config["PERF_COUNT"] = "YES"
         self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.inputs = [(p.get_any_name(), _ov_shape(p), str(p.get_element_type())) for p in self.compiled.inputs]
@@ -317,6 +339,19 @@ class OvSession(_Session):
     def run(self, feeds):
         result = self.request.infer(feeds)
         return dict((port.get_any_name(), np.array(value)) for port, value in result.items())
+
+    def op_times(self, feeds, runs):
+        """Mean ms per inference in each executed layer type ("Layer@precision"), from the
+        CPU plugin's own counters (needs profile_ops: PERF_COUNT)."""
+        totals = {}
+        for _ in range(runs):
+            self.request.infer(feeds)
+            for info in self.request.profiling_info:
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+                    precision = OV_PRECISIONS.get(info.exec_type.rsplit("_", 1)[-1].lower(), "fp32")
+                    key = "{}@{}".format(info.node_type, precision)
+                    totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000.0 / runs
+        return totals
 
     def executed(self, feeds):
         """Per compute layer type, the precision OpenVINO's CPU plugin really runs it in."""
@@ -886,6 +921,11 @@ def run(args):
         profiled = open_artifact(args.artifact, args.threads, True, args.runtime) if session.reopen_to_profile else session
         result["executed"] = profiled.executed(feeds)
         result["executed"]["precision"] = executed_precision(profiled.runtime, result["executed"].get("compute_ops"))
+        if hasattr(profiled, "op_times"):  # where the time goes, by op type, at batch 1
+            timer = open_artifact(args.artifact, args.threads, True, args.runtime)
+            one = dict((name, value[:1]) for name, value in feeds.items())
+            timer.run(one)
+            result["executed"]["op_times"] = timer.op_times(one, OP_TIME_RUNS)
     if args.eval:
         if not isinstance(session, CascadeSession):
             raise RunnerFailure("--eval runs an early-exit cascade; this bundle has no cascade")

@@ -95,6 +95,23 @@ def test_tome_flops_target_and_schedules():
         TomeConfig()
 
 
+def test_tome_at_evit_locations_with_one_r_per_listed_block():
+    """`blocks: evit` merges only at EViT's locations scaled to the depth (fewer, larger
+    merges: less glue at batch 1); a list r then gives one r per listed block."""
+    loaded = load_model("test_vit")
+    _, record = _apply(loaded, TomePass, TomeConfig(r=[6, 4, 2], blocks="evit"))
+    used = record.structure["r_per_block"]
+    where = evit_locations(len(used), None)
+    assert [i + 1 for i, r in enumerate(used) if r] == where and [used[b - 1] for b in where] == [6, 4, 2]
+    loaded = load_model("test_vit")
+    _, record = _apply(loaded, TomePass, TomeConfig(flops_reduction=0.3, blocks="evit"))
+    assert record.metrics["flops_reduction"] >= 0.3 and sum(1 for r in record.structure["r_per_block"] if r) == 3
+    with pytest.raises(EdgevitError, match="one per entry of `blocks:`"):
+        _apply(load_model("test_vit"), TomePass, TomeConfig(r=[1, 2], blocks=[1, 2, 3]))
+    with pytest.raises(EdgevitError, match="outside 1.."):
+        _apply(load_model("test_vit"), TomePass, TomeConfig(r=2, blocks=[len(used) + 1]))
+
+
 def test_unsupported_models_fail_clearly():
     swin = load_model(TINY_SWIN[0], model_args=TINY_SWIN[1])
     with pytest.raises(ModelError, match="plain ViT/DeiT"):
@@ -142,6 +159,10 @@ def test_shipped_token_recipes_end_to_end(cli, tmp_path, images, recipe):
     assert report["passes"][0]["kind"] == recipe.split("_")[0] and report["flops"]["after"] < report["flops"]["before"]
     assert all(a["check"]["passed"] for a in report["artifacts"]) and len(report["artifacts"]) == 2
     assert "training-free" in report["passes"][0]["notes"][0]
+    for artifact in report["artifacts"]:  # the runtime's own per-op counters, summed by kind of layer
+        kinds = artifact["time_by_kind"]["kinds"]
+        assert kinds["linear"]["ms"] > 0 and "token glue" in kinds, kinds
+    assert "## Where the time goes" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow  # ~30 s: the form choice is unit-tested (test_capabilities), the onehot lint in test_tensorrt

@@ -16,17 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from edgevit import plots, resources
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, nncf_weight_compression, ort_quantize_static
-from edgevit.bench.runs import compress_run
+from edgevit.bench.runs import shipped_recipe_run
 from edgevit.bench.variants import time_variants
-from edgevit.errors import EdgevitError
 from edgevit.profiling import runner_module
-from edgevit.recipe import resolve_recipe_path
-from edgevit.yamlfile import load_yaml
 
 EVAL_N = 5000
 PAIRS = ["vit_tiny_c10=deit_tiny_patch16_224", "swin_tiny_c10=swin_tiny_patch4_window7_224"]
@@ -36,25 +32,8 @@ BASELINE = "fp32_baseline"
 SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
 
 
-def _recipe_text(name: str) -> str:
-    """The recipe as shipped, with the evaluation subset, cascade images and export targets
-    fixed so every recipe is measured alike (timing is done here, interleaved)."""
-    recipe = load_yaml(resolve_recipe_path(name))
-    recipe["evaluation"] = {**recipe.get("evaluation", {}), "n": EVAL_N, "batch_size": 250, "cascade_n": EVAL_N}
-    recipe["exports"] = list(RUNTIMES)
-    recipe["profile"] = {"runs": 3, "warmup": 1, "threads": 2, "batch": 1}
-    return yaml.safe_dump(recipe, sort_keys=False)
-
-
 def _compress(ctx: BenchContext, recipe: str, model: str, data: Path | None, train: Path | None, notes: list[str]) -> dict | None:
-    try:
-        run, failed = compress_run(ctx, recipe, model, None, data, train, EVAL_N, recipe_text=_recipe_text(recipe), train=train)
-    except EdgevitError as exc:  # e.g. token reduction on Swin, exits without training images
-        notes.append(f"{recipe} on {Path(model).name}: not applicable ({exc.message})")
-        return None
-    if failed:
-        notes.append(f"{recipe} on {Path(model).name}: numerical check failed, published as .failed: {failed}")
-    return {"dir": run, "report": json.loads((run / "report.json").read_text())}
+    return shipped_recipe_run(ctx, recipe, model, data, train, notes, list(RUNTIMES), EVAL_N)
 
 
 def _peers(ctx: BenchContext, fp32: dict, tag: str, calib: Path | None) -> dict[str, tuple[str, Path]]:

@@ -8,8 +8,12 @@ from pathlib import Path
 
 from edgevit import resources
 from edgevit.bench.context import BenchContext
-from edgevit.errors import CheckFailed
+import yaml
+
+from edgevit.errors import CheckFailed, EdgevitError
 from edgevit.pipeline import CompressOptions, compress
+from edgevit.recipe import resolve_recipe_path
+from edgevit.yamlfile import load_yaml
 
 RECIPE = ("name: bench_quant\nexports: [x86-onnxruntime, x86-openvino]\nevaluation: {{n: {n}, batch_size: 250}}\n"
           "profile: {{runs: 3, warmup: 1}}\npasses: {passes}\n")
@@ -50,3 +54,27 @@ def compress_run(ctx: BenchContext, label: str, model: str, passes: str | None, 
         return out.with_name(out.name + ".failed"), exc.message
 
 
+
+
+def shipped_recipe_text(name: str, exports: list[str], n: int) -> str:
+    """A shipped recipe as shipped, with the evaluation subset, cascade images and export
+    targets fixed so every recipe is measured alike (timing is done by the section, interleaved)."""
+    recipe = load_yaml(resolve_recipe_path(name))
+    recipe["evaluation"] = {**recipe.get("evaluation", {}), "n": n, "batch_size": 250, "cascade_n": n}
+    recipe["exports"] = exports
+    recipe["profile"] = {"runs": 3, "warmup": 1, "threads": 2, "batch": 1, "baseline": False}
+    return yaml.safe_dump(recipe, sort_keys=False)
+
+
+def shipped_recipe_run(ctx: BenchContext, recipe: str, model: str, data: Path | None, train: Path | None, notes: list[str],
+                       exports: list[str], n: int) -> dict | None:
+    """``compress_run`` of a shipped recipe; None (with a note) where it does not apply."""
+    try:
+        run, failed = compress_run(ctx, recipe, model, None, data, train, n, recipe_text=shipped_recipe_text(recipe, exports, n),
+                                   train=train)
+    except EdgevitError as exc:  # e.g. token reduction on Swin, exits without training images
+        notes.append(f"{recipe} on {Path(model).name}: not applicable ({exc.message})")
+        return None
+    if failed:
+        notes.append(f"{recipe} on {Path(model).name}: numerical check failed, published as .failed: {failed}")
+    return {"dir": run, "report": json.loads((run / "report.json").read_text())}

@@ -9,6 +9,7 @@ from edgevit.bench import targets  # noqa: F401
 from edgevit.bench import exits  # noqa: F401
 from edgevit.bench import litert  # noqa: F401
 from edgevit.bench import pareto  # noqa: F401
+from edgevit.bench import stacks  # noqa: F401
 from edgevit.bench import tune  # noqa: F401
 from edgevit.bench.context import SECTIONS, BenchContext
 

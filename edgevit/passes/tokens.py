@@ -38,17 +38,34 @@ def evit_locations(depth: int, locations: list[int] | None) -> list[int]:
     return sorted(set(locations))
 
 
+def tome_blocks(depth: int, blocks: list[int] | str | None) -> list[int] | None:
+    """1-based merging blocks; "evit" = EViT's locations (4, 7, 10 of 12) scaled to the
+    depth: a few large merges cost less glue at batch 1 than a small one in every block."""
+    if blocks == "evit":
+        return evit_locations(depth, None)
+    bad = [b for b in blocks or [] if b > depth]
+    if bad:
+        raise EdgevitError(f"tome: blocks {bad} outside 1..{depth}", f"this model has {depth} blocks")
+    return blocks
+
+
 def tome_schedule(depth: int, cfg: TomeConfig, r: Any) -> list[int]:
+    blocks = tome_blocks(depth, cfg.blocks)
     if isinstance(r, int):
         per = [r] * depth
+    elif isinstance(r, list) and blocks is not None and len(r) == len(blocks):
+        # one r per merging block, in the order the blocks are listed
+        by_block = dict(zip(blocks, r))
+        return [by_block.get(i + 1, 0) for i in range(depth)]
     elif isinstance(r, list):
         if len(r) != depth:
-            raise EdgevitError(f"tome: r has {len(r)} entries for {depth} blocks", "give one r per block")
+            raise EdgevitError(f"tome: r has {len(r)} entries for {depth} blocks",
+                               "give one r per block, or one per entry of `blocks:` when it is set")
         per = list(r)
     else:
         per = [round(r.r * (1 - r.inflection + 2 * r.inflection * i / max(1, depth - 1))) for i in range(depth)]
-    if cfg.blocks is not None:
-        per = [v if i + 1 in cfg.blocks else 0 for i, v in enumerate(per)]
+    if blocks is not None:
+        per = [v if i + 1 in blocks else 0 for i, v in enumerate(per)]
     return per
 
 

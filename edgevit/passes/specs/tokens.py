@@ -35,7 +35,8 @@ class TomeConfig(PassConfig):
     kind: Literal["tome"] = "tome"
     r: TokenCount | list[TokenCount] | RampSpec | None = Field(None, description="tokens merged per block: int, per-block list, or {r, inflection}")
     flops_reduction: float | None = Field(None, gt=0, lt=0.95, description="pick the constant r that removes this FLOPs share")
-    blocks: list[BlockIndex] | None = Field(None, description="1-based blocks that merge (default: all)")
+    blocks: list[BlockIndex] | Literal["evit"] | None = Field(
+        None, description='1-based blocks that merge (default: all); "evit": EViT\'s 4/7/10 of 12, scaled to the depth')
     proportional_attention: bool = True
     finetune: FinetuneConfig | None = None
 
