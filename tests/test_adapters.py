@@ -108,9 +108,9 @@ def _exercise(capability, loaded, adapter):
         model, record = SwinMergePass().apply(model, SwinMergeConfig(ratio=0.5), PassContext(seed=0, input_size=loaded.input_size))
         assert record.metrics["flops_reduction"] > 0
     elif capability in (STAGES, EXIT_TOKENS):
-        from edgevit.passes.exits import ExitsConfig, _head_specs
+        from edgevit.passes.exits import ExitsConfig, head_specs
 
-        spec = _head_specs(model, [0], ExitsConfig(head="linear"), loaded.input_size)[0]
+        spec = head_specs(model, [0], ExitsConfig(head="linear"), loaded.input_size)[0]
         h, w = adapter.token_grid(blocks[0].stage)
         assert spec.tokens == adapter.exit_prefix + h * w
     elif capability == REPQ_PAIRS:

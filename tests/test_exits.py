@@ -14,7 +14,7 @@ from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model, load_model_folder, save_model_folder
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import CascadeOutcome, calibrate
-from edgevit.passes.exits import ExitsConfig, ExitsPass, _head_specs, exit_blocks
+from edgevit.passes.exits import ExitsConfig, ExitsPass, head_specs, exit_blocks
 from edgevit.passes.tokens import TomeConfig, TomePass
 from edgevit.profiling import runner_module
 
@@ -50,7 +50,7 @@ def train_folder(tmp_path_factory):
 def _with_heads(arch, args, blocks, head="auto"):
     loaded = load_model(arch, None, False, args)
     model = loaded.model.eval()
-    attach_exits(model, _head_specs(model, blocks, ExitsConfig(head=head), loaded.input_size))
+    attach_exits(model, head_specs(model, blocks, ExitsConfig(head=head), loaded.input_size))
     return loaded, model.eval()
 
 
@@ -171,7 +171,7 @@ def test_exported_cascade_matches_pytorch_and_exits_per_sample(tmp_path, tome):
     model = loaded.model.eval()
     if tome:  # features between stages are then (tokens, sizes): two tensors per boundary
         model, _ = TomePass().apply(model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
-    specs = _head_specs(model, [1, 3], ExitsConfig(), loaded.input_size)
+    specs = head_specs(model, [1, 3], ExitsConfig(), loaded.input_size)
     assert [s.kind for s in specs] == (["global", "global"] if tome else ["local", "global"])
     attach_exits(model, specs)
     x = torch.randn(7, *loaded.input_size)
@@ -207,7 +207,7 @@ def test_local_heads_need_the_token_grid():
     loaded = load_model("test_vit")
     model, _ = TomePass().apply(loaded.model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
     with pytest.raises(EdgevitError, match="no token grid"):
-        _head_specs(model, [2], ExitsConfig(head="local"), loaded.input_size)
+        head_specs(model, [2], ExitsConfig(head="local"), loaded.input_size)
 
 
 @pytest.mark.parametrize("passes, match", [

@@ -15,7 +15,7 @@ from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
 from edgevit.passes.exit_calibration import cumulative_costs, select_exits
-from edgevit.passes.exits import ExitsConfig, _head_specs, _speed_gate, exit_costs
+from edgevit.passes.exits import ExitsConfig, head_specs, _speed_gate, exit_costs
 from edgevit.profiling import runner_module
 
 
@@ -51,7 +51,7 @@ def test_exits_that_cost_more_than_they_save_are_dropped():
 def test_stage_and_head_timing_covers_every_stage_and_head():
     loaded = load_model("test_vit")
     model = loaded.model.eval()
-    attach_exits(model, _head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
+    attach_exits(model, head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
     costs = exit_costs(model, loaded.input_size, rounds=2, calls=1)
     assert len(costs["stage_ms"]) == 3 and len(costs["head_ms"]) == 2
     assert all(v >= 0 for v in costs["stage_ms"]) and all(v > 0 for v in costs["head_ms"])
@@ -63,7 +63,7 @@ def cascade_bundle(tmp_path_factory):
     """test_vit with two exits, exported for ONNX Runtime as stages plus the one-graph form."""
     loaded = load_model("test_vit")
     model = loaded.model.eval()
-    attach_exits(model, _head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
+    attach_exits(model, head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
     plan = LoweringPlan(cascade={"rule": "entropy", "thresholds": [0.5, 0.5]}, pass_records=[{"kind": "exits", "structure": {}}])
     ctx = ExportContext(example_input=torch.randn(2, *loaded.input_size))
     bundle = OnnxExporter().export(model, plan, load_profile("x86-onnxruntime"), ctx, tmp_path_factory.mktemp("b") / "bundle")

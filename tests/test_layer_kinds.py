@@ -19,3 +19,11 @@ def test_ops_sum_into_kinds_with_their_integer_share():
 def test_empty_and_unlabelled_counters():
     assert by_kind({})["compute_integer_share"] == 0.0
     assert by_kind({"SomethingNew": 1.0})["kinds"]["elementwise / other"]["share"] == 1.0
+
+
+def test_gemm_peaks_are_measured_on_this_cpu():
+    """The roofline's denominator: int8 and fp32 GEMM throughput, measured, not typed."""
+    from edgevit.bench.peak import int8_gemm_peak
+
+    peak = int8_gemm_peak()
+    assert peak["int8_gmacs"] > 1 and peak["fp32_gmacs"] > 1

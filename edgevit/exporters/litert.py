@@ -126,7 +126,12 @@ def _io_spec(path: Path) -> tuple[list[dict], list[dict]]:
     """Inputs/outputs as the interpreter sees them (names, static shapes, dtypes)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path))
+    try:
+        it = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as exc:  # converted, but an op the interpreter has no kernel for
+        raise ExportError(f"LiteRT cannot load the converted {path.name}: {str(exc).splitlines()[0][:300]}",
+                          "this model or pass converts to ops the LiteRT interpreter lacks (e.g. ToMe's sort); "
+                          "drop the LiteRT target for it") from None
 
     def describe(details) -> list[dict]:
         return [{"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": d["dtype"].__name__} for d in details]

@@ -57,7 +57,7 @@ def exit_blocks(depth: int, cfg: ExitsConfig) -> list[int]:
     return sorted({min(depth - 2, max(0, round(depth * (k + 1) / (count + 1)) - 1)) for k in range(count)})
 
 
-def _head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_size) -> list[HeadSpec]:
+def head_specs(model: nn.Module, blocks: list[int], cfg: ExitsConfig, input_size) -> list[HeadSpec]:
     adapter = adapter_for(model)
     refs = adapter.blocks()
     prefix = adapter.exit_prefix  # tokens in front of the patch grid (none on Swin's flattened grid)
@@ -275,7 +275,7 @@ class ExitsPass:
         check_passes_supported(adapter, [cfg])  # also done by the pipeline right after loading
         depth = len(adapter.blocks())
         blocks = exit_blocks(depth, cfg)
-        specs = _head_specs(model, blocks, cfg, ctx.input_size)
+        specs = head_specs(model, blocks, cfg, ctx.input_size)
         torch.manual_seed(ctx.seed)
         attach_exits(model, specs)
         per_image = 2 * sum(s.tokens * s.dim for s in specs) + 2 * specs[0].embed_dim + 8 * model.num_classes  # fp16 cache
