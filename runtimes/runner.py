@@ -340,6 +340,8 @@ class OvSession(_Session):
         result = self.request.infer(feeds)
         return dict((port.get_any_name(), np.array(value)) for port, value in result.items())
 
+    op_times_reusable = True  # PERF_COUNT counters are per request and per inference
+
     def op_times(self, feeds, runs):
         """Mean ms per inference in each executed layer type ("Layer@precision"), from the
         CPU plugin's own counters (needs profile_ops: PERF_COUNT)."""
@@ -922,7 +924,9 @@ def run(args):
         result["executed"] = profiled.executed(feeds)
         result["executed"]["precision"] = executed_precision(profiled.runtime, result["executed"].get("compute_ops"))
         if hasattr(profiled, "op_times"):  # where the time goes, by op type, at batch 1
-            timer = open_artifact(args.artifact, args.threads, True, args.runtime)
+            # a session whose counters survive `executed` is reused (OpenVINO); ORT's trace ended there
+            timer = profiled if getattr(profiled, "op_times_reusable", False) else open_artifact(
+                args.artifact, args.threads, True, args.runtime)
             one = dict((name, value[:1]) for name, value in feeds.items())
             timer.run(one)
             result["executed"]["op_times"] = timer.op_times(one, OP_TIME_RUNS)
