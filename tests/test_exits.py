@@ -165,7 +165,7 @@ def _between_samples(logits):
     return float((top[middle - 1] + top[middle]) / 2)
 
 
-@pytest.mark.parametrize("tome", [False, True])
+@pytest.mark.parametrize("tome", [False, pytest.param(True, marks=pytest.mark.slow)])  # both: make test-all (CI time)
 def test_exported_cascade_matches_pytorch_and_exits_per_sample(tmp_path, tome):
     loaded = load_model("test_vit")
     model = loaded.model.eval()

@@ -31,7 +31,10 @@ def _compress(cli, write_recipe, tmp_path, family, passes):
     return cli("compress", "--recipe", recipe, "--out", tmp_path / "run")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# vit_relpos and eva02 also run in `make test-all`: the fast suite keeps one hierarchical and
+# the generic fallback (CI time)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in ("vit_relpos", "eva02") else f
+                                    for f in FAMILIES])
 def test_uniform_int8_exports_and_checks(cli, write_recipe, tmp_path, family):
     result = _compress(cli, write_recipe, tmp_path, family, "[{kind: quantize, method: uniform, weights: int8}]")
     assert result.exit_code == 0, result.output

@@ -247,7 +247,7 @@ def test_symmetric_activation_form_has_zero_points_of_zero(tmp_path):
         assert helper.tensor_dtype_to_np_dtype(zero.data_type).name == "int8" and not numpy_helper.to_array(zero).any()
 
 
-@pytest.mark.parametrize("family", [TINY_VIT, TINY_SWIN])
+@pytest.mark.parametrize("family", [TINY_VIT, pytest.param(TINY_SWIN, marks=pytest.mark.slow)])  # Swin too: make test-all
 def test_attention_scores_form_quantizes_both_inputs_of_qk_only(tmp_path, family):
     import onnx
 
