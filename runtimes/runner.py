@@ -923,7 +923,7 @@ def run(args):
         profiled = open_artifact(args.artifact, args.threads, True, args.runtime) if session.reopen_to_profile else session
         result["executed"] = profiled.executed(feeds)
         result["executed"]["precision"] = executed_precision(profiled.runtime, result["executed"].get("compute_ops"))
-        if hasattr(profiled, "op_times"):  # where the time goes, by op type, at batch 1
+        if args.runs > 0 and hasattr(profiled, "op_times"):  # where the time goes at batch 1 (a check-only run skips it)
             # a session whose counters survive `executed` is reused (OpenVINO); ORT's trace ended there
             timer = profiled if getattr(profiled, "op_times_reusable", False) else open_artifact(
                 args.artifact, args.threads, True, args.runtime)

@@ -4,14 +4,13 @@ sensitivity metric chooses which layers stay int8) at the budgets of the LRP row
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgevit.accuracy import artifact_predictor, measure_top1
 from edgevit.bench.context import BenchContext, section
-from edgevit.bench.peers import nncf_weight_compression
+from edgevit.bench.peers import data_config, nncf_weight_compression
 from edgevit.bench.quantization import EVAL_N, VARIANTS
 from edgevit.bench.runs import compress_run
 from edgevit.calibration import resolve_calibration
@@ -42,7 +41,7 @@ def nncf_section(ctx: BenchContext) -> dict[str, Any]:
             continue
         fp32_run, _ = compress_run(ctx, "fp32", str(folder), VARIANTS["fp32"], test, train, EVAL_N)  # reused when present
         report = json.loads((fp32_run / "report.json").read_text())
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
+        cfg = data_config(fp32_run)
         images = resolve_calibration(CalibrationSpec(n=64, seed=0), train, None, None).images(cfg).numpy()
         labels = json.loads((fp32_run / "model/config.json").read_text()).get("label_names")
         for bits, ratio in BUDGETS.items():

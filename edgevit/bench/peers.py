@@ -17,7 +17,7 @@ from edgevit.recipe import CalibrationSpec
 CALIBRATION_IMAGES = 64
 
 
-def _data_config(fp32_run: Path) -> dict:
+def data_config(fp32_run: Path) -> dict:
     report = json.loads((fp32_run / "report.json").read_text())
     return {k: tuple(v) if isinstance(v, list) else v for k, v in report["model"]["data_config"].items()}
 
@@ -26,7 +26,7 @@ def calibration_images(fp32_run: Path, calib: Path | None):
     """64 seeded images of ``calib`` in the run's preprocessing (seeded noise without a folder:
     random-weight latency models, where only speed and size are measured)."""
     spec = CalibrationSpec(n=CALIBRATION_IMAGES, seed=0)
-    return resolve_calibration(spec, calib, None, None).images(_data_config(fp32_run)).numpy() if calib else _noise(fp32_run)
+    return resolve_calibration(spec, calib, None, None).images(data_config(fp32_run)).numpy() if calib else _noise(fp32_run)
 
 
 def _noise(fp32_run: Path):
@@ -94,5 +94,5 @@ def artifact_top1(folder: Path, fp32_run: Path, test: Path, n: int) -> float:
     labels = json.loads((fp32_run / "model" / "config.json").read_text()).get("label_names")
     session = runner_module().open_artifact(str(folder), 2)
     acc = measure_top1({"peer": artifact_predictor(session, "logits")}, scan_image_folder(test), n, report["recipe"]["seed"],
-                       _data_config(fp32_run), 250, labels)
+                       data_config(fp32_run), 250, labels)
     return acc["top1"]["peer"]

@@ -51,14 +51,14 @@ def _litert_int8(fp32_run: Path, out: Path, images: np.ndarray) -> Path:
 def _litert_top1(fp32_run: Path, test: Path, calib: Path, work: Path) -> float:
     from edgevit.accuracy import artifact_predictor, measure_top1
     from edgevit.data import scan_image_folder
-    from edgevit.bench.peers import _data_config
+    from edgevit.bench.peers import data_config
 
     path = _litert_int8(fp32_run, work, calibration_images(fp32_run, calib))
     report = json.loads((fp32_run / "report.json").read_text())
     labels = json.loads((fp32_run / "model" / "config.json").read_text()).get("label_names")
     session = runner_module().open_artifact(str(path), 2)
     acc = measure_top1({"litert": artifact_predictor(session)}, scan_image_folder(test), EVAL_N, report["recipe"]["seed"],
-                       _data_config(fp32_run), 100, labels)
+                       data_config(fp32_run), 100, labels)
     return acc["top1"]["litert"]
 
 
