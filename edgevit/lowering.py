@@ -83,6 +83,13 @@ class LoweringPlan:
     def quantized(self) -> bool:
         return any(p in ("int8", "int4") for p in self.layer_precision.values())
 
+    def float_form(self) -> "LoweringPlan":
+        """The same compressed model with no integer lowering (fp32 weights and activations;
+        simulated layers keep their grid values): what ``edgevit.float_form`` times a
+        quantized artifact against."""
+        return dataclasses.replace(self, layer_precision={}, int4_block={}, activations="fp32",
+                                   activation_clip_percentile=None)
+
     def precisions(self) -> set[str]:
         return {self.default_precision, *self.layer_precision.values()}
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevit import progress
+from edgevit import float_form, progress
 from edgevit.adapters import adapter_for, check_passes_supported
 from edgevit.artifacts import Staging, sha256_file
 from edgevit.calibration import CalibrationSet, resolve_calibration
@@ -24,6 +24,7 @@ from edgevit.evaluation import CHECK_THRESHOLDS, check_all_outputs
 from edgevit.baseline import Baselines, comparison
 from edgevit.capabilities import runtime
 from edgevit.exporters import ExportContext, LoweringPlan, TargetProfile
+from edgevit.exporters.base import Bundle
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
 from edgevit.layer_kinds import by_kind
@@ -168,12 +169,15 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         for profile in inputs.profiles:
             artifact, timing = _export_check_profile(model, plan, profile, ectx, stage, check_x, reference, transport, recipe,
                                                      loaded.random_weights, baselines)
+            artifact, timing, published_plan = _against_float_form(model, plan, profile, ectx, stage, check_x, reference,
+                                                                   transport, recipe, loaded.random_weights, baselines,
+                                                                   artifact, timing, warnings)
             if artifact.get("baseline", {}).get("faster") is False:
                 warnings.append(f"{artifact['name']}: not faster than the uncompressed model on {artifact['where_run']} "
                                 f"({artifact['baseline']['speedup_cpu']:.2f}x CPU time, interleaved)")
                 progress.warn(warnings[-1])
             if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
-                exported = ExportedArtifact(stage / artifact["path"], plan.quantized, transport, recipe.profile.threads,
+                exported = ExportedArtifact(stage / artifact["path"], published_plan.quantized, transport, recipe.profile.threads,
                                             recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache)
                 warnings += _after_export(records, exported, artifact)
             artifacts.append(artifact)
@@ -266,11 +270,46 @@ def _check_batch(folder: ImageFolder | None, recipe: Recipe, data_config, input_
     return synthetic_images(n, input_size, recipe.seed + 1)
 
 
-def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path, check_x, reference, transport, recipe: Recipe,
-                          random_weights: bool, baselines: Baselines | None):
-    progress.step(f"exporting for {profile.name}")
+def _against_float_form(model, plan, profile: TargetProfile, ectx, stage: Path, check_x, reference, transport, recipe: Recipe,
+                        random_weights: bool, baselines: Baselines | None, artifact: dict[str, Any], timing: dict[str, Any],
+                        warnings: list[str]):
+    """``profile.float_form``: the quantized artifact timed against the same compressed
+    model in float (``edgevit.float_form``); where that is faster and the recipe says
+    publish_faster, the float form replaces it and is checked and profiled like any
+    artifact. Returns the artifact entry, its timing and the plan it was lowered from."""
+    bundle_dir = stage / artifact["path"]
+    if not float_form.wanted(recipe.profile.float_form, plan, artifact, json.loads((bundle_dir / "bundle.json").read_text())):
+        return artifact, timing, plan
     exporter = runtime(profile.runtime).exporter_class()
-    bundle = exporter().export(model, plan, profile, ectx, stage / "artifacts" / profile.name)
+    float_plan = plan.float_form()
+
+    def export_float():
+        progress.step(f"exporting the float form of the compressed model for {profile.name}")
+        return exporter().export(model, float_plan, profile, ectx, ectx.scratch(f"float-{profile.name}"))
+
+    comparison, bundle = float_form.measure(export_float, bundle_dir, transport, recipe.profile, check_x, reference,
+                                            random_weights)
+    if comparison["published"] == "float":
+        shutil.rmtree(bundle_dir)
+        bundle.path.rename(bundle_dir)  # both inside the staging folder: one file system
+        artifact, timing = _export_check_profile(model, float_plan, profile, ectx, stage, check_x, reference, transport,
+                                                 recipe, random_weights, baselines, Bundle(bundle_dir, bundle.data))
+        plan = float_plan
+    artifact["float_form"] = comparison
+    line = float_form.warning(profile.name, comparison)
+    if line:
+        warnings.append(line)
+        progress.warn(line)
+    return artifact, timing, plan
+
+
+def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path, check_x, reference, transport, recipe: Recipe,
+                          random_weights: bool, baselines: Baselines | None, bundle: Bundle | None = None):
+    """Export (unless ``bundle`` is already exported), check against PyTorch and time one artifact."""
+    exporter = runtime(profile.runtime).exporter_class()
+    if bundle is None:
+        progress.step(f"exporting for {profile.name}")
+        bundle = exporter().export(model, plan, profile, ectx, stage / "artifacts" / profile.name)
     p = recipe.profile
     standin = not runtime(profile.runtime).runs_here
     if standin:  # e.g. TensorRT: the graph is checked in a local runtime; nothing is timed here

@@ -52,6 +52,10 @@ class ProfileSpec(StrictModel):
     threads: int = Field(2, ge=1, le=1024)
     batch: int = Field(1, ge=1, le=4096)
     baseline: bool = Field(True, description="time the uncompressed model beside each artifact, interleaved (speed-up)")
+    float_form: Literal["skip", "time", "publish_faster"] = Field(
+        "skip", description="time each quantized artifact against the same compressed model in float, interleaved on the "
+        "target (time), and publish the float form where it is faster (publish_faster): integer kernels do not pay on "
+        "every target")
 
 
 class Recipe(StrictModel):

@@ -114,6 +114,24 @@ def _baseline_latency(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _float_form_lines(artifacts: list[dict[str, Any]]) -> list[str]:
+    """profile.float_form: each quantized artifact against the same compressed model in float."""
+    rows = [(a["name"], a["float_form"]) for a in artifacts if a.get("float_form")]
+    if not rows:
+        return []
+    lines = ["", "## Quantized vs float form of the compressed model (same target, interleaved)", "",
+             "| target | quantized CPU ms | float CPU ms | quantized vs float | float MB | float check | published |",
+             "|---|---|---|---|---|---|---|"]
+    for name, f in rows:
+        if not f.get("timed"):
+            lines.append(f"| {name} | - | - | not timed: {f.get('reason')} | {f['float_size_bytes'] / 1e6:.2f} "
+                         f"| {'passed' if f['check_passed'] else 'FAILED'} | {f['published']} |")
+            continue
+        lines.append(f"| {name} | {_fmt(f['quantized_cpu_ms'])} | {_fmt(f['float_cpu_ms'])} | {_fmt(f['quantized_vs_float'])}x "
+                     f"| {f['float_size_bytes'] / 1e6:.2f} | {'passed' if f['check_passed'] else 'FAILED'} | {f['published']} |")
+    return lines
+
+
 def _summary_section(report: dict[str, Any]) -> list[str]:
     """The first screen: per target, how much smaller and faster than the model as loaded
     (timed interleaved on the same target in the same run), how much top-1 changed, and what
@@ -142,6 +160,8 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
         t = top1.get(a["name"])
         acc_text = "-" if t is None else f"{t:.4f}" + (f" ({(t - before) * 100:+.2f} pt)" if before is not None else "")
         runs_as = f"{a['runtime']} {a['executed_precision']}" + (" (simulated layers)" if a["simulated"] else "")
+        if (a.get("float_form") or {}).get("published") == "float":
+            runs_as += " (float form: faster here than int8, see below)"
         lines.append(f"| {a['name']} | {runs_as} | {size} | {speed} | {acc_text} | {'passed' if a['check']['passed'] else 'FAILED'} "
                      f"| {a['where_run']} |")
     if before is not None:
@@ -208,6 +228,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {shown} | {top1:.4f} | {_fmt(acc['agreement_with_pytorch'].get(name), 4)} |")
     lines += _cascade_section(report.get("cascade"))
     lines += _baseline_latency(report)
+    lines += _float_form_lines(report["artifacts"])
     lines += ["", "## Latency", "",
               "| target | runtime | threads | batch | runs | p50 ms | p90 ms | p99 ms | mean ms | CPU ms/inference | load avg (before, after) | where run |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

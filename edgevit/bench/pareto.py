@@ -20,7 +20,7 @@ import torch
 from edgevit import plots, resources
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, nncf_weight_compression, ort_quantize_static
-from edgevit.bench.runs import shipped_recipe_run
+from edgevit.bench.runs import published_top1, shipped_recipe_run
 from edgevit.bench.variants import time_variants
 from edgevit.profiling import runner_module
 
@@ -93,7 +93,7 @@ def _pair(ctx: BenchContext, pair: str, recipes: list[str], results: dict, notes
             variants[key] = run["dir"] / art["path"]
             rows_meta.append({"key": key, "label": recipe, "runtime": RUNTIMES[art["name"]],
                               "kind": "baseline" if recipe == BASELINE else "edgevit",
-                              "top1": acc_report["accuracy"]["top1"][art["name"]], "size": art["size_bytes"],
+                              "top1": published_top1(acc_report, art), "size": art["size_bytes"],
                               "executed": art["executed_precision"]})
     for label, (runtime, path) in lat_peers.items():
         key = f"{label}|peer"

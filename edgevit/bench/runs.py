@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from edgevit import resources
 from edgevit.bench.context import BenchContext
@@ -56,21 +57,37 @@ def compress_run(ctx: BenchContext, label: str, model: str, passes: str | None, 
 
 
 
-def shipped_recipe_text(name: str, exports: list[str], n: int) -> str:
+def shipped_recipe_text(name: str, exports: list[str], n: int, latency_run: bool = True) -> str:
     """A shipped recipe as shipped, with the evaluation subset, cascade images and export
-    targets fixed so every recipe is measured alike (timing is done by the section, interleaved)."""
+    targets fixed so every recipe is measured alike (timing is done by the section, interleaved).
+    A recipe's ``profile.float_form`` decision is made by the latency run (the 224 model,
+    at the sections' 1 thread, 20 interleaved runs); the accuracy run on the small reference
+    model keeps the quantized artifacts (``published_top1`` reads the float form's top-1)."""
     recipe = load_yaml(resolve_recipe_path(name))
+    float_form = (recipe.get("profile") or {}).get("float_form", "skip") if latency_run else "skip"
     recipe["evaluation"] = {**recipe.get("evaluation", {}), "n": n, "batch_size": 250, "cascade_n": n}
     recipe["exports"] = exports
-    recipe["profile"] = {"runs": 3, "warmup": 1, "threads": 2, "batch": 1, "baseline": False}
+    recipe["profile"] = ({"runs": 3, "warmup": 1, "threads": 2, "batch": 1, "baseline": False} if float_form == "skip" else
+                         {"runs": 20, "warmup": 3, "threads": 1, "batch": 1, "baseline": False, "float_form": float_form})
     return yaml.safe_dump(recipe, sort_keys=False)
+
+
+def published_top1(acc_report: dict[str, Any], lat_artifact: dict[str, Any]) -> float:
+    """top-1 of what the latency run published for this target: where that is the float form
+    (``profile.float_form``), the accuracy run's PyTorch top-1 (the compressed model in fp32,
+    which the float form matches at fp32 check tolerances); else the artifact's own top-1."""
+    top1 = acc_report["accuracy"]["top1"]
+    if (lat_artifact.get("float_form") or {}).get("published") == "float":
+        return top1["pytorch"]
+    return top1[lat_artifact["name"]]
 
 
 def shipped_recipe_run(ctx: BenchContext, recipe: str, model: str, data: Path | None, train: Path | None, notes: list[str],
                        exports: list[str], n: int) -> dict | None:
     """``compress_run`` of a shipped recipe; None (with a note) where it does not apply."""
     try:
-        run, failed = compress_run(ctx, recipe, model, None, data, train, n, recipe_text=shipped_recipe_text(recipe, exports, n),
+        run, failed = compress_run(ctx, recipe, model, None, data, train, n,
+                                   recipe_text=shipped_recipe_text(recipe, exports, n, latency_run=data is None),
                                    train=train)
     except EdgevitError as exc:  # e.g. token reduction on Swin, exits without training images
         notes.append(f"{recipe} on {Path(model).name}: not applicable ({exc.message})")

@@ -21,7 +21,7 @@ import torch
 from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, ort_quantize_static
 from edgevit.bench.peak import benchmark_app_ms, int8_gemm_peak
-from edgevit.bench.runs import shipped_recipe_run
+from edgevit.bench.runs import published_top1, shipped_recipe_run
 from edgevit.bench.timing import interleaved, summary
 from edgevit.layer_kinds import by_kind, kind_cells
 from edgevit.profiling import runner_module
@@ -112,9 +112,13 @@ def _family(ctx: BenchContext, family: str, notes: list[str], peak: dict[str, fl
         if run is None or acc.get(recipe) is None:
             continue
         for art in run["report"]["artifacts"]:
+            f = art.get("float_form") or {}
+            if f.get("timed"):
+                notes.append(f"{recipe} on {Path(latency_model).name}, {art['name']}: int8 {f['quantized_cpu_ms']:.1f} ms vs "
+                             f"float form {f['float_cpu_ms']:.1f} ms (CPU time, 1 thread, interleaved): published {f['published']}")
             rows.append({"label": "fp32" if recipe == "fp32_baseline" else recipe, "runtime": RUNTIMES[art["name"]],
                          "path": run["dir"] / art["path"], "size": art["size_bytes"],
-                         "top1": acc[recipe]["report"]["accuracy"]["top1"][art["name"]],
+                         "top1": published_top1(acc[recipe]["report"], art),
                          "macs": run["report"]["flops"]["after"] / 2, "executed": art["executed_precision"]})
     images_lat = calibration_images(base_lat["dir"], None)
     images_acc = calibration_images(base_acc["dir"], data / "train")
@@ -190,7 +194,10 @@ def _tables(results: dict[str, Any], peak: dict[str, float]) -> list[dict[str, A
          "OpenVINO artifacts also by OpenVINO's benchmark_app (-hint none -nthreads 1 -nstreams 1, median wall ms). "
          "Roofline share = MACs kept (FLOPs/2 counted in PyTorch) per CPU second over the int8 GEMM peak of this CPU "
          "measured by ONNX Runtime's MatMulInteger on a 256x1024x1024 product at 1 thread (MLAS; AVX2 here, VNNI where "
-         "the CPU has it).",
+         "the CPU has it). The stack recipes publish per target the faster of their int8 artifact and the same stack in "
+         "float (profile.float_form: publish_faster; decided in the 224 run, 20 interleaved runs at 1 thread, see the "
+         "notes): where the float form was published, `executed` says fp32 and its top-1 is the compressed model's "
+         "PyTorch top-1 (the float form matches it at fp32 check tolerances).",
          cap_s=5400)
 def stacks_section(ctx: BenchContext) -> dict[str, Any]:
     ctx.work.mkdir(parents=True, exist_ok=True)
