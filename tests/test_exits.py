@@ -165,7 +165,8 @@ def _between_samples(logits):
     return float((top[middle - 1] + top[middle]) / 2)
 
 
-@pytest.mark.parametrize("tome", [False, pytest.param(True, marks=pytest.mark.slow)])  # both: make test-all (CI time)
+@pytest.mark.slow  # CI time: make test-all; test_exits_pay checks the one-graph cascade against PyTorch in both runtimes
+@pytest.mark.parametrize("tome", [False, True])
 def test_exported_cascade_matches_pytorch_and_exits_per_sample(tmp_path, tome):
     loaded = load_model("test_vit")
     model = loaded.model.eval()
@@ -191,6 +192,7 @@ def test_exported_cascade_matches_pytorch_and_exits_per_sample(tmp_path, tome):
     assert bundle.size_bytes < sum(p.stat().st_size for p in bundle.files)  # reference model not counted
 
 
+@pytest.mark.slow  # CI time: make test-all runs it; test_exits_pay runs the runner's cascade paths
 def test_runner_evaluates_the_cascade_against_the_full_model(tmp_path):
     loaded, model = _with_heads("test_vit", {}, [2])
     bundle = _export(model, loaded, tmp_path, [0.0])  # threshold 0: every sample leaves at the first exit
@@ -246,6 +248,7 @@ def test_shipped_exits_recipe_validates():
     assert recipe.passes[0].kind == "exits" and recipe.passes[0].max_accuracy_drop == 0.5
 
 
+@pytest.mark.slow  # CI time: make test-all runs it (30 s)
 def test_quantized_cascade_is_lowered_per_stage_and_recalibrated(cli, write_recipe, tmp_path, train_folder, images):
     recipe = write_recipe(
         "name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 2, holdout_images: 100, max_accuracy_drop: 5,\n"

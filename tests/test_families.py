@@ -31,9 +31,9 @@ def _compress(cli, write_recipe, tmp_path, family, passes):
     return cli("compress", "--recipe", recipe, "--out", tmp_path / "run")
 
 
-# vit_relpos and eva02 also run in `make test-all`: the fast suite keeps one hierarchical and
-# the generic fallback (CI time)
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in ("vit_relpos", "eva02") else f
+# vit_relpos, eva02 and swinv2 also run in `make test-all`: the fast suite keeps the generic
+# fallback, and Swin v1 runs in test_cli (CI time)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in ("vit_relpos", "eva02", "swinv2") else f
                                     for f in FAMILIES])
 def test_uniform_int8_exports_and_checks(cli, write_recipe, tmp_path, family):
     result = _compress(cli, write_recipe, tmp_path, family, "[{kind: quantize, method: uniform, weights: int8}]")

@@ -92,6 +92,7 @@ def test_fp16_profile_stores_fp16_weights(tmp_path, tiny_vit):
     assert data["executed"]["precision"] == "mixed(fp16,fp32)"
 
 
+@pytest.mark.slow  # CI time: make test-all runs it; test_compress_to_android_litert runs LiteRT int8
 def test_int8_pt2e_static_runs_integer_kernels(tmp_path, tiny_vit):
     model, calib, check, ref = tiny_vit
     bundle = _export(tmp_path, model, calib, check, plan=_int8_plan(model))
@@ -139,6 +140,7 @@ def test_compress_to_android_litert(cli, write_recipe, images, tmp_path):
     assert (out / "artifacts/android-litert/model.tflite").is_file()
 
 
+@pytest.mark.slow  # CI time: make test-all runs it
 def test_benchmark_model_over_adb_parses_timings(tmp_path, monkeypatch, tiny_vit):
     """adb://...?benchmark_model=: tests/fakes/adb + tests/fakes/benchmark_model, both FAKES
     (no phone here): the timings are the fake's invented numbers; what is tested is the

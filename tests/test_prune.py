@@ -123,6 +123,7 @@ def test_finetune_recovers_and_keeps_masks(tmp_path):
     assert sparsity > 0.3  # pruned weights stayed zero through training
 
 
+@pytest.mark.slow  # CI time: make test-all runs it; test_baseline compresses with prune and checks the smaller file
 def test_compress_with_prune_recipe_exports_a_smaller_graph(cli, write_recipe, tmp_path):
     train = write_images(tmp_path / "train", per_class=4, size=32)
     recipe = write_recipe(

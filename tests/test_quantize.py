@@ -83,6 +83,7 @@ def test_uniform_int8_runs_integer_kernels_in_both_runtimes(cli, write_recipe, t
     assert "synthetic" in " ".join(report["passes"][0]["notes"])  # random weights: noise calibration, said so
 
 
+@pytest.mark.slow  # CI time: make test-all runs it; make demo runs int4_swin
 def test_lrp_mixed_int4_int8_on_swin(cli, write_recipe, tmp_path):
     calib = write_images(tmp_path / "calib", per_class=8, size=32)
     report = _compress(cli, write_recipe, tmp_path, "[{kind: quantize, method: lrp, budget: {avg_weight_bits: 6}}]",

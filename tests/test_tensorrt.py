@@ -33,7 +33,7 @@ def test_lint_follows_each_release(vit_graph):
     assert lint(vit_graph, "10.3") == []
 
 
-@pytest.mark.parametrize("form, flagged", [("scatter", True), ("onehot", False)])
+@pytest.mark.parametrize("form, flagged", [("scatter", True), pytest.param("onehot", False, marks=pytest.mark.slow)])  # CI time
 def test_merge_form_decides_scatter_reduction_finding(form, flagged):
     loaded = load_model("test_vit")
     model, _ = TomePass().apply(loaded.model, TomeConfig(r=8), PassContext(seed=0, input_size=loaded.input_size))
@@ -93,6 +93,7 @@ def test_runner_tensorrt_path_against_a_fake_trtexec(cli, write_recipe, tmp_path
         LocalTransport().run(bundle, runs=1, warmup=0, threads=1, batch=1)
 
 
+@pytest.mark.slow  # CI time: make test-all runs it; test_quantize checks the symmetric form
 def test_int8_for_tensorrt_is_symmetric_and_passes_the_lint(cli, write_recipe, tmp_path):
     recipe = write_recipe("name: t\nmodel: {name: test_vit, model_args: {num_classes: 10}}\n"
                           "passes: [{kind: quantize, method: uniform, weights: int8}]\n"

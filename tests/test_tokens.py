@@ -150,7 +150,8 @@ def test_rebuild_from_record(tmp_path):
         assert torch.equal(again(x), model(x))
 
 
-@pytest.mark.parametrize("recipe", [pytest.param("evit_deit", marks=pytest.mark.slow), "tome_deit"])  # both: make test-all
+@pytest.mark.slow  # CI time: make test-all runs both; ToMe / EViT exports are checked in the fast set
+@pytest.mark.parametrize("recipe", ["evit_deit", "tome_deit"])
 def test_shipped_token_recipes_end_to_end(cli, tmp_path, images, recipe):
     out = tmp_path / recipe
     result = cli("compress", "--recipe", recipe, "--model", "test_vit", "--data", images, "--out", out)
