@@ -73,6 +73,25 @@ def test_readme_headline_is_regenerated_between_markers(tmp_path):
     assert json.dumps(data)  # bench.json stays the only source
 
 
+def test_readme_headline_prefers_the_stacks_against_the_peers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{bench_report.HEADLINE_START}\n{bench_report.HEADLINE_END}\n")
+    pareto = {"command": "pareto", "finished_utc": "then", "machine": {"cpu": "cpu", "cores": 2},
+              "tables": [{"header": ["reference", "variant", "runtime", "top-1", "vs fp32 (pt)", "MB (224)", "speed-up vs fp32",
+                                     "vs best peer"], "rows": [["vit", "int8_deit", "ort", "0.7", "-0.1", "6", "2x", "1x"]],
+                          "headline": True}]}
+    header = ["latency model", "variant", "runtime", "top-1", "vs fp32 (pt)", "MB", "CPU ms [round min-max]", "benchmark_app ms",
+              "speed vs NNCF int8", "speed vs fastest peer", "GMACs kept", "int8 roofline share", "executed"]
+    row = ["deit_small", "stack_deit", "openvino", "0.7280", "-0.68", "44.0", "60.1 [58-62]", "55", "2.10x", "1.50x", "2.2", "30%",
+           "fp32"]
+    stacks = {"command": "python -m edgevit.bench --sections stacks", "finished_utc": "now", "machine": {"cpu": "cpu", "cores": 2},
+              "tables": [{"header": header, "rows": [row], "headline": True}]}
+    bench_report.update_readme_headline(readme, {"sections": {"pareto": pareto, "stacks": stacks}})
+    text = readme.read_text()
+    assert "| deit_small | stack_deit | openvino | 0.7280 | -0.68 | 44.0 | 60.1 [58-62] | 2.10x | 1.50x | fp32 |" in text
+    assert "--sections stacks" in text and "int8_deit" not in text
+
+
 def test_time_variants_reports_the_spread_of_round_medians():
     from edgevit.bench.timing import interleaved, summary
     from edgevit.bench.variants import time_variants
