@@ -346,3 +346,13 @@ def test_device_lock_serialises_runs(tmp_path):
     holds = sorted(h for t in transports for h in t.holds)
     assert len(holds) == 3 and all(a[1] <= b[0] for a, b in zip(holds, holds[1:]))
     assert sum(t.waited_s for t in transports) >= 0.5  # two of them queued
+
+
+def test_a_size_budget_never_publishes_the_float_form():
+    from edgevit.tune.run import Device, trial_profile
+
+    profile = {"runs": 50, "threads": 2, "float_form": "publish_faster"}
+    device = Device("board", "ssh://board", threads=4)
+    assert trial_profile(profile, device, parse_budget("size_mb=10"))["float_form"] == "skip"
+    kept = trial_profile(profile, device, parse_budget("latency_ms=0.5x"))
+    assert kept["float_form"] == "publish_faster" and kept["target"] == "ssh://board" and kept["threads"] == 4

@@ -7,7 +7,8 @@ Accuracy on the CIFAR-10 reference models (validation split of the training imag
 same split for tune, grid and shipped recipes), latency and size on the 224x224 timm model
 of the same family (`--latency-model`), as in the pareto section. Settings from the
 environment: EDGEVIT_BENCH_TUNE_TRIALS (default 20), EDGEVIT_BENCH_TUNE_VAL (validation
-images, default 500); `--models REF=LATENCY_MODEL` and `--recipes` narrow the cases and
+images, default 500), EDGEVIT_BENCH_TUNE_CASES (comma-separated case names, e.g. "Swin size";
+default all); `--models REF=LATENCY_MODEL` and `--recipes` narrow the cases and
 the shipped recipes compared (a tiny check: `--models vit_tiny_c10=vit_tiny_c10`).
 """
 from __future__ import annotations
@@ -40,9 +41,10 @@ def _settings() -> tuple[int, int]:
 
 def _cases(ctx: BenchContext) -> list[dict[str, Any]]:
     pairs = dict(p.split("=", 1) if "=" in p else (p, None) for p in (ctx.models or []))
+    wanted = {c.strip().lower() for c in os.environ.get("EDGEVIT_BENCH_TUNE_CASES", "").split(",") if c.strip()}
     out = []
     for case in CASES:
-        if pairs and case["reference"] not in pairs:
+        if pairs and case["reference"] not in pairs or wanted and case["case"].lower() not in wanted:
             continue
         latency = pairs.get(case["reference"]) or case["latency_model"]
         if (ctx.shared / "models" / latency).is_dir():  # a reference folder name (a tiny check times the model itself)

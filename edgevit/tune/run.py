@@ -56,6 +56,15 @@ class TuneOptions:
     max_minutes: float | None = None  # no trial starts after this (a running one finishes)
 
 
+def trial_profile(profile: dict[str, Any], device: "Device", budget: Any) -> dict[str, Any]:
+    """The recipe's profile section for every trial: timed on the study's device."""
+    out = {**profile, "target": device.url, **({"threads": device.threads} if device.threads else {}),
+           **({"batch": device.batch} if device.batch else {})}
+    if "size_mb" in budget.metrics and out.get("float_form") == "publish_faster":
+        out["float_form"] = "skip"  # a size budget measures the quantized file: a faster float form must not replace it
+    return out
+
+
 @dataclass(frozen=True)
 class Device:
     name: str  # what the lock is named after
@@ -139,9 +148,7 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     raw["model"] = {**(raw.get("model") or {}), "name": model,
                     "checkpoint": str(checkpoint.resolve()) if checkpoint else None}
     raw["exports"] = [export]
-    raw["profile"] = {**(raw.get("profile") or {}), "target": device.url,
-                      **({"threads": device.threads} if device.threads else {}),
-                      **({"batch": device.batch} if device.batch else {})}
+    raw["profile"] = trial_profile(raw.get("profile") or {}, device, budget)
     raw.setdefault("passes", [])
     _check_trial_recipes(raw, recipe.search)
 
