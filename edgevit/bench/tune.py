@@ -152,7 +152,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     trials, val = _settings()
     rows, workers_rows, notes, figures, results = [], [], [], [], {}
     bench_dir = Path(ctx.work).parents[1]
-    for case in _cases(ctx):
+    cases = _cases(ctx)
+    left_out = [c["case"] for c in CASES if c["case"] not in {k["case"] for k in cases}]
+    if left_out:
+        notes.append(f"cases not run this time (--models / EDGEVIT_BENCH_TUNE_CASES): {', '.join(left_out)}")
+    for case in cases:
         if not (ctx.shared / "models" / case["reference"]).is_dir():
             notes.append(f"{case['case']}: skipped ({case['reference']} not found)")
             continue
