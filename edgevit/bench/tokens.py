@@ -14,7 +14,7 @@ from edgevit.bench.variants import artifact_variants
 from edgevit.data import scan_image_folder
 from edgevit.models import load_model
 from edgevit.passes.base import PassContext
-from edgevit.passes.tokens import EvitConfig, EvitPass, TomeConfig, TomePass
+from edgevit.passes.tokens import EvitPass, TomePass
 from edgevit.pipeline import CompressOptions, compress
 
 FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 5000}
@@ -23,10 +23,13 @@ STRENGTHS = [
     ("EViT keep 0.5", EvitPass, {"keep_rate": 0.5}),
     ("ToMe -25% FLOPs", TomePass, {"flops_reduction": 0.25}), ("ToMe -40% FLOPs", TomePass, {"flops_reduction": 0.40}),
     ("ToMe -55% FLOPs", TomePass, {"flops_reduction": 0.55}),
+    # a few large merges at EViT's three locations: less token glue at batch 1 (stack_deit's form)
+    ("ToMe -40% FLOPs, EViT's blocks", TomePass, {"flops_reduction": 0.40, "blocks": "evit"}),
 ]
 LATENCY_MODELS = ["deit_tiny_patch16_224", "deit_small_patch16_224"]
 LATENCY_VARIANTS = {"unpatched": "[]", "EViT keep 0.7": "[{kind: evit, keep_rate: 0.7}]",
-                    "ToMe -40% FLOPs": "[{kind: tome, flops_reduction: 0.4}]"}
+                    "ToMe -40% FLOPs": "[{kind: tome, flops_reduction: 0.4}]",
+                    "ToMe -40% FLOPs, EViT's blocks": "[{kind: tome, flops_reduction: 0.4, blocks: evit}]"}
 RECIPE = "name: bench_tokens\nexports: [x86-onnxruntime, x86-openvino]\nevaluation: {{check_batch: 2}}\nprofile: {{runs: 3, warmup: 1}}\npasses: {passes}\n"
 
 
@@ -73,7 +76,8 @@ def _latency(ctx: BenchContext, results: dict[str, Any], notes: list[str]) -> li
         for label, passes in LATENCY_VARIANTS.items():
             recipe = ctx.work / "recipe.yaml"
             recipe.write_text(RECIPE.format(passes=passes))
-            runs[label] = compress(CompressOptions(recipe=str(recipe), out=ctx.work / f"{name}-{label.split()[0]}", model=name, force=True))
+            slug = "".join(c if c.isalnum() else "_" for c in label)
+            runs[label] = compress(CompressOptions(recipe=str(recipe), out=ctx.work / f"{name}-{slug}", model=name, force=True))
         timing = {}
         for batch in (1, 8):
             torch.set_num_threads(2)
