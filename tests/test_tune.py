@@ -356,3 +356,18 @@ def test_a_size_budget_never_publishes_the_float_form():
     assert trial_profile(profile, device, parse_budget("size_mb=10"))["float_form"] == "skip"
     kept = trial_profile(profile, device, parse_budget("latency_ms=0.5x"))
     assert kept["float_form"] == "publish_faster" and kept["target"] == "ssh://board" and kept["threads"] == 4
+
+
+def test_the_baseline_of_a_stack_with_a_recipe_level_finetune_is_a_valid_recipe(tmp_path):
+    from edgevit.recipe import load_recipe
+    from edgevit.tune.run import baseline_recipe
+    from edgevit.tune.workers import recipe_yaml
+    from edgevit.yamlfile import load_yaml
+
+    raw = load_yaml(REPO / "recipes" / "stack_deit.yaml")
+    raw.pop("search")
+    base = baseline_recipe(raw)
+    assert base["passes"] == [] and "finetune" not in base and raw["finetune"]  # the study's own recipe keeps it
+    path = tmp_path / "base.yaml"
+    path.write_text(recipe_yaml(base, "baseline"))
+    assert load_recipe(str(path)).recipe.passes == []  # compress would refuse a finetune block without passes

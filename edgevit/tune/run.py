@@ -276,13 +276,19 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     return summary
 
 
+def baseline_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """The study's recipe without its passes, and without a recipe-level fine-tune (there is
+    nothing to recover from; compress refuses one without passes)."""
+    return {**{k: v for k, v in raw.items() if k != "finetune"}, "name": f"{raw['name']}-fp32", "passes": []}
+
+
 def _baseline(raw: dict[str, Any], folder: Path, ctx: Any, device: Device) -> dict[str, Any]:
     """The fp32 model (no pass) through the same export, target and split: what top-1
     drops and relative budgets are measured against. Also the target's reachability test."""
     from edgevit.tune.trial import compress_and_measure
     from edgevit.tune.workers import recipe_yaml
 
-    base = {**raw, "name": f"{raw['name']}-fp32", "passes": []}
+    base = baseline_recipe(raw)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.yaml").write_text(recipe_yaml(base, "edgevit tune: the fp32 baseline of the study"))
     progress.step(f"measuring the fp32 baseline on {device.name}")
