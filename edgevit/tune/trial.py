@@ -217,9 +217,27 @@ def precheck(recipe_path: Path, ctx: TrialContext) -> dict[str, Any]:
                         loaded.label_names)["top1"]["pytorch"]
     precisions = signature_of(recipe.passes)
     min_bits = min([_bits(p) for p in precisions.split("+") if p != "fp32"] or [32])
+    sized = sized_params(after["params"], before["params"], ctx.latency_model)
     return {"top1_training_free": top1, "flops": after["flops"], "flops_ratio": after["flops"] / before["flops"],
-            "params": after["params"], "finetunes": finetunes, "precisions": precisions,
-            "size_mb_lower_bound": after["params"] * min_bits / 8 / 1e6}
+            "params": sized, "finetunes": finetunes, "precisions": precisions,
+            "size_mb_lower_bound": sized * min_bits / 8 / 1e6}
+
+
+# the share of parameters a pass keeps on the accuracy model, carried to the (often much
+# larger) latency model, is an estimate: discounted so a trial that could fit is never cut
+SIZE_ESTIMATE_MARGIN = 0.8
+
+
+def sized_params(after: int, before: int, latency_model: str | None) -> int:
+    """Parameters of the model whose artifact size the study measures: the trial's own, or,
+    with a latency model (size and latency measured there), that model's parameter count
+    scaled by the share the passes kept, times SIZE_ESTIMATE_MARGIN."""
+    if not latency_model:
+        return after
+    from edgevit.models import load_model
+
+    total = sum(p.numel() for p in load_model(latency_model).model.parameters())
+    return int(total * after / before * SIZE_ESTIMATE_MARGIN)
 
 
 def hopeless(pre: dict[str, Any], gates: Gates) -> str | None:
@@ -234,7 +252,7 @@ def hopeless(pre: dict[str, Any], gates: Gates) -> str | None:
         return f"training-free top-1 {pre['top1_training_free']:.4f} is {drop:.2f} pt below fp32 (> {allowed:g}: {how})"
     limit = gates.limits.get("size_mb")
     if limit is not None and pre["size_mb_lower_bound"] > limit:
-        return (f"size at least {pre['size_mb_lower_bound']:.2f} MB ({pre['params']} parameters at {pre['precisions']}) "
+        return (f"size at least {pre['size_mb_lower_bound']:.2f} MB (about {pre['params']} parameters in the sized model at {pre['precisions']}) "
                 f"> budget {limit:.2f} MB")
     limit = gates.limits.get("latency_ms")
     factor = gates.latency_factors.get(pre["precisions"])
