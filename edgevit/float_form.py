@@ -48,11 +48,10 @@ def measure(export_float, quantized_dir: Path, transport, profile_spec, check_x,
                            inputs=check_x.numpy(), baseline=quantized_dir)
     check = check_all_outputs(reference, result.outputs or {}, bundle.data["precision"], random_weights)
     data, quantized = result.data, (result.data.get("baseline") or {})
-    float_size = sum(f.stat().st_size for f in bundle.files)
     comparison: dict[str, Any] = {
         "what": "the same compressed model exported without integer lowering (fp32), same runtime and target, "
                 "timed interleaved with the quantized artifact",
-        "policy": p.float_form, "check_passed": check["passed"], "float_size_bytes": float_size,
+        "policy": p.float_form, "check_passed": check["passed"], "float_size_bytes": bundle.size_bytes,
     }
     if "cpu_time_ms" not in quantized or not data.get("speedup_cpu"):
         return {**comparison, "timed": False, "reason": quantized.get("error", "the runner returned no timing"),
