@@ -16,7 +16,9 @@ from typing import Any
 INT4_MIN_OPSET = 21  # blocked int4 DequantizeLinear exists from opset 21
 # export_forms keys of a profile that choose a lowering rather than a pass's form
 LOWERING_CHOICES = {
-    "int8_activations": ("asymmetric", "symmetric"),  # symmetric: zero points 0 (TensorRT needs them)
+    # symmetric: zero points 0 (TensorRT needs them); mixed: symmetric where the calibrated
+    # range is centred on zero, asymmetric elsewhere (see quantize_onnx.centre_activations)
+    "int8_activations": ("asymmetric", "symmetric", "mixed"),
     # 7bit: int8 weights in [-64, 63], so x86 CPUs without VNNI (AVX2's saturating u8 x s8
     # pair sums, vpmaddubsw) cannot overflow; 8bit: full range (VNNI, GPUs)
     "int8_weights": ("8bit", "7bit"),
@@ -37,7 +39,7 @@ class LoweringPlan:
     target: str | None = None
     opset: int | None = None
     forms: dict[str, str] = field(default_factory=dict)  # pass kind -> export form
-    symmetric_activations: bool = False
+    activation_symmetry: str = "asymmetric"  # a LOWERING_CHOICES["int8_activations"] value
     reduced_weight_range: bool = False  # 7-bit int8 weights
 
     @classmethod
@@ -74,10 +76,15 @@ class LoweringPlan:
         opset = profile.opset
         if any(p == "int4" for p in self.layer_precision.values()):
             opset = max(opset, INT4_MIN_OPSET)
-        symmetric = profile.export_forms.get("int8_activations", "asymmetric") == "symmetric"
+        symmetry = profile.export_forms.get("int8_activations", "asymmetric")
         reduced = profile.export_forms.get("int8_weights", "8bit") == "7bit"
-        return dataclasses.replace(self, target=profile.name, opset=opset, forms=forms, symmetric_activations=symmetric,
+        return dataclasses.replace(self, target=profile.name, opset=opset, forms=forms, activation_symmetry=symmetry,
                                    reduced_weight_range=reduced)
+
+    @property
+    def symmetric_activations(self) -> bool:
+        """Every activation zero point is 0 (what TensorRT's int8 needs)."""
+        return self.activation_symmetry == "symmetric"
 
     @property
     def quantized(self) -> bool:
@@ -103,7 +110,7 @@ class LoweringPlan:
         """What distinguishes two lowerings of the same fp32 graph."""
         layers = ",".join(f"{k}={v}" for k, v in sorted(self.layer_precision.items()))
         return (f"{layers}|blocks={sorted(self.int4_block.items())}|clip={self.activation_clip_percentile}"
-                f"|sym={self.symmetric_activations}|w7={self.reduced_weight_range}")
+                f"|sym={self.activation_symmetry}|w7={self.reduced_weight_range}")
 
     def graph_key(self) -> str:
         """What distinguishes the fp32 graphs of two targets: opset and pass export forms."""

@@ -239,7 +239,7 @@ def test_int8_lowering_places_qdq_where_the_runtimes_fuse(tmp_path):
 def test_symmetric_activation_form_has_zero_points_of_zero(tmp_path):
     from onnx import helper, numpy_helper
 
-    model, _, _ = _lowered_tiny(tmp_path, symmetric_activations=True)
+    model, _, _ = _lowered_tiny(tmp_path, activation_symmetry="symmetric")
     _, _, inits = _graph_maps(model)
     quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert quantizers
@@ -288,3 +288,38 @@ def test_openvino_runs_the_lowered_layers_in_int8(tmp_path):
     assert kinds["Convolution"] == ["u8"]
     assert sorted(kinds["FullyConnected"]).count("f32") == 1  # the classifier
     assert sum(p in ("u8", "i8") for p in kinds["FullyConnected"]) == len(plan)
+
+
+def test_mixed_activation_form_centres_only_ranges_around_zero(tmp_path):
+    """``int8_activations: mixed``: quantizers whose calibrated range is nearly centred on zero
+    get the symmetric uint8 form (zero point 128, step widened by at most the allowed factor,
+    both ends still covered); skewed ranges (GELU outputs) keep their asymmetric zero point."""
+    from onnx import numpy_helper
+
+    from edgevit.exporters.quantize_onnx import CENTRED_MAX_STEP_GROWTH
+
+    lowered = {}
+    for symmetry in ("asymmetric", "mixed"):
+        torch.manual_seed(0)  # the same model and calibration images for both forms
+        (tmp_path / symmetry).mkdir()
+        lowered[symmetry], _, _ = _lowered_tiny(tmp_path / symmetry, activation_symmetry=symmetry)
+    asym, mixed = lowered["asymmetric"], lowered["mixed"]
+
+    def quantizers(model):
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.input[0]: (float(inits[n.input[1]]), int(inits[n.input[2]]))
+                for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+    before, after = quantizers(asym), quantizers(mixed)
+    assert before.keys() == after.keys()
+    centred = [t for t in after if after[t][1] == 128 and before[t][1] != 128]
+    kept = [t for t in after if after[t] == before[t]]
+    assert centred and kept and len(centred) + len(kept) + sum(before[t][1] == 128 for t in before if t not in kept) == len(after)
+    for t in centred:
+        (s0, z0), (s1, _) = before[t], after[t]
+        low, high = -z0 * s0, (255 - z0) * s0
+        assert s0 <= s1 <= CENTRED_MAX_STEP_GROWTH * s0 and -128 * s1 <= low * (1 - 1e-6) and 127 * s1 >= high * (1 - 1e-6)  # float32 scales
+    for t in kept:  # what stays asymmetric is skewed: centring would widen its step too much
+        s0, z0 = before[t]
+        low, high = -z0 * s0, (255 - z0) * s0
+        assert max(-low / 128, high / 127) > CENTRED_MAX_STEP_GROWTH * s0 or low >= 0

@@ -68,7 +68,7 @@ def _lowered_stages(model: nn.Module, paths: list[Path], described: list[dict], 
         out = path.parent / f"lowered-{len(ctx.cache)}" / path.name
         out.parent.mkdir(exist_ok=True)
         quantize_graph(path, out, precision, {m: b for m, b in plan.int4_block.items() if m in precision}, feeds[k],
-                       clip_percentile=plan.activation_clip_percentile, symmetric_activations=plan.symmetric_activations,
+                       clip_percentile=plan.activation_clip_percentile, activation_symmetry=plan.activation_symmetry,
                        reduce_weight_range=plan.reduced_weight_range, module_prefix=STAGE_PREFIX)
         lowered.append(out)
     missing = [m for m, p in plan.layer_precision.items() if p in ("int8", "int4") and m not in covered]

@@ -109,7 +109,7 @@ def lowered_onnx_graph(model: nn.Module, plan: LoweringPlan, ctx: ExportContext)
     if any(p == "int8" for p in plan.layer_precision.values()):
         calibration = ctx.calibration.images(ctx.preprocessing).numpy()
     quantize_graph(graph, out, plan.layer_precision, plan.int4_block, calibration, INPUT_NAME,
-                   plan.activation_clip_percentile, symmetric_activations=plan.symmetric_activations,
+                   plan.activation_clip_percentile, activation_symmetry=plan.activation_symmetry,
                    reduce_weight_range=plan.reduced_weight_range)
     ctx.cache[key] = out
     return out
