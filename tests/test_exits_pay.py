@@ -94,6 +94,28 @@ def test_one_graph_cascade_returns_each_exit_as_pytorch_does(cascade_bundle, run
         np.testing.assert_allclose(logits, reference[name], rtol=1e-3, atol=1e-4)
 
 
+def test_one_graph_cascade_keeps_each_stage_weights_in_the_graph_that_runs_it(cascade_bundle):
+    """No branch reads a weight from the enclosing scope: ONNX Runtime pre-packs only a
+    graph's own initializers, so outer-scope weights ran slower kernels in the branches."""
+    import onnx
+
+    _, _, bundle = cascade_bundle
+    model = onnx.load(str(bundle.path / bundle.data["cascade"]["graph"]["file"]))
+    outer = {i.name for i in model.graph.initializer}
+
+    def branches(graph):
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield attr.g
+                    yield from branches(attr.g)
+
+    inner = list(branches(model.graph))
+    assert any(g.initializer for g in inner)
+    for g in inner:
+        assert not outer & {i for n in g.node for i in n.input}
+
+
 def test_runner_runs_single_images_through_the_graph_and_batches_through_stages(cascade_bundle):
     loaded, _, bundle = cascade_bundle
     runner = runner_module()

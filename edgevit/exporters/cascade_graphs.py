@@ -159,8 +159,11 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
     logits or runs the rest. The runtime executes only the branch taken, so a sample that
     leaves early pays no later block and no host round trip per stage. A batch leaves only
     when all its samples do (batches are what per-stage sessions are for). Outputs: the
-    logits and the exit taken. Weights stay in the outer graph; the branches read them
-    from the enclosing scope."""
+    logits and the exit taken. Each stage's weights live in the graph that runs it (stage 0
+    in the outer graph, stage k in the branch that continues after exit k-1), not in the
+    outer graph read through the enclosing scope: ONNX Runtime pre-packs and fuses only
+    weights that are initializers of the graph itself (vit_tiny_c10, the path through every
+    stage: MatMul 6.1 -> 5.6 ms, Conv 0.57 -> 0.33 ms per image in its profiler)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -169,8 +172,8 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
         raise ExportError("a stage graph has local functions, which the conditional cascade cannot merge",
                           "export the cascade as stages (profile export_forms: {exits: stages})")
     n_exits = len(models) - 1
-    initializers, opsets = [], {}
-    stage_nodes = []
+    opsets: dict[str, int] = {}
+    stage_nodes, stage_initializers = [], []
     for k, m in enumerate(models):
         # features keep their names (stage k+1 reads what stage k writes); each exit's logits
         # get their own, and the final logits another (the graph's output is "logits")
@@ -178,7 +181,7 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
         rename = _prefixer(f"s{k}/", keep, {EXIT_OUTPUT: exit_output_name(k), FINAL_OUTPUT: "final_logits"})
         for init in m.graph.initializer:
             init.name = rename(init.name)
-            initializers.append(init)
+        stage_initializers.append(list(m.graph.initializer))
         nodes = []
         for node in m.graph.node:
             _rename_node(node, rename, f"s{k}/")
@@ -204,7 +207,8 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
                                    helper.make_node("Constant", [], [f"leave{k}_index"], value=helper.make_tensor(
                                        f"leave{k}_index_value", TensorProto.INT64, [], [k]))],
                                   f"leave_at_{k}", [], [logits_info(f"leave{k}_logits"), index_info(f"leave{k}_index")])
-        stay = helper.make_graph(rest_nodes, f"continue_after_{k}", [], [logits_info(rest_logits), index_info(rest_index)])
+        stay = helper.make_graph(rest_nodes, f"continue_after_{k}", [], [logits_info(rest_logits), index_info(rest_index)],
+                                 initializer=stage_initializers[k + 1])
         nodes.append(helper.make_node("If", [f"exit{k}_all_leave"], [f"out{k}_logits", f"out{k}_index"],
                                       name=f"early_exit_{k}", then_branch=leave, else_branch=stay))
         return nodes, [f"out{k}_logits", f"out{k}_index"]
@@ -216,7 +220,7 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
     graph = helper.make_graph(nodes, "edgevit_conditional_cascade",
                               [*first.input, helper.make_tensor_value_info(THRESHOLDS_INPUT, TensorProto.FLOAT, [n_exits])],
                               [logits_info(FINAL_OUTPUT), index_info(EXIT_INDEX_OUTPUT)],
-                              initializer=initializers)
+                              initializer=stage_initializers[0])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="edgevit")
     model.ir_version = models[0].ir_version
