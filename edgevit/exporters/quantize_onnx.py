@@ -246,7 +246,8 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
     else:
         shutil.copy(src, stage)
     model = onnx.load(str(stage))
-    centred = centre_activations(model) if activation_symmetry == "mixed" else 0
+    if activation_symmetry == "mixed":
+        centre_activations(model)
     by_block: dict[int, list[str]] = {}
     for module, precision in layer_precision.items():
         if precision == "int4":
@@ -264,4 +265,4 @@ def quantize_graph(src: Path, dst: Path, layer_precision: dict[str, str], int4_b
     stage.unlink(missing_ok=True)
     for extra in dst.parent.glob("*.int8.onnx*"):
         extra.unlink()
-    return {"int8_nodes": len(int8), "centred_activations": centred, "int4_nodes": sum(len(v) for v in by_block.values())}
+    return {"int8_nodes": len(int8), "int4_nodes": sum(len(v) for v in by_block.values())}
