@@ -124,6 +124,7 @@ def test_pass_trains_heads_calibrates_and_rebuilds(train_folder, tmp_path):
     assert record.training["loss_last"] < record.training["loss_first"]  # the heads learned something
     assert record.training["images_per_epoch"] == 60 and record.metrics["holdout_images"] == 100
     assert len(record.structure["thresholds"]) == 2 and record.metrics["head_kinds"] == ["local", "global"]
+    assert record.config["rule"] == "auto" and record.structure["rule"] == record.metrics["rule"] in ("confidence", "entropy")
     assert abs(sum(record.metrics["exit_rates"]) - 1) < 1e-9
     assert record.metrics["expected_flops"] <= sum(record.metrics["flops_per_stage"])
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("edgevit_exits"))

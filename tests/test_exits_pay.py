@@ -175,3 +175,45 @@ def test_a_slower_cascade_is_replaced_by_the_network_without_exits(cascade_bundl
         np.testing.assert_allclose(session.run({"input": x.numpy()})["logits"], model(x).numpy(), rtol=1e-3, atol=1e-4)
     with pytest.raises(Exception, match="not a cascade bundle"):
         publish_reference(fallen)
+
+
+def _two_kinds_of_sample(n_sure: int, n_torn: int, sure_is_right: bool):
+    """Logits (10 classes) of 'sure' samples (top class 0.7, the rest spread: high top
+    probability, high entropy) and 'torn' ones (0.55 / 0.45 between two classes: lower top
+    probability, lower entropy); one kind is right, the other wrong. Confidence can let
+    only the right ones out when the sure ones are right; entropy when the torn ones are."""
+    sure = np.log(np.array([0.7] + [0.3 / 9] * 9))
+    torn = np.log(np.array([0.55, 0.45] + [1e-6] * 8))
+    logits = np.concatenate([np.tile(sure, (n_sure, 1)), np.tile(torn, (n_torn, 1))]).astype(np.float32)
+    right = np.r_[np.full(n_sure, sure_is_right), np.full(n_torn, not sure_is_right)]
+    labels = np.where(right, 0, 5)
+    return logits, labels
+
+
+@pytest.mark.parametrize("sure_is_right, expected_rule", [(True, "confidence"), (False, "entropy")])
+def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, sure_is_right, expected_rule):
+    from edgevit.passes import exits as exits_module
+
+    loaded = load_model("test_vit")
+    model = loaded.model.eval()
+    attach_exits(model, head_specs(model, [0], ExitsConfig(), loaded.input_size))
+    logits, labels = _two_kinds_of_sample(300, 200, sure_is_right)
+    monkeypatch.setattr(exits_module, "holdout_exit_logits", lambda model, holdout: [logits])
+    holdout = {"labels": torch.from_numpy(labels), "logits": torch.from_numpy(np.eye(10, dtype=np.float32)[labels] * 10)}
+    costs = {"stage_ms": [1.0, 1.0], "head_ms": [0.01]}
+    keep, thresholds, metrics = exits_module.calibrate_exits(model, holdout, "auto", 0.0, loaded.input_size, costs)
+    assert metrics["rule"] == expected_rule and keep == [0]
+    by_rule = metrics["expected_latency_ms_by_rule"]
+    assert by_rule[expected_rule] < min(by_rule.values()) + 1e-12 and len(by_rule) == 2
+    assert metrics["holdout_top1_cascade"] == 1.0  # only the right kind left early
+    assert metrics["exit_rates"][0] == pytest.approx(0.6 if sure_is_right else 0.4)
+    # the threshold is in the chosen rule's units: a top probability in (0.55, 0.7], or an entropy
+    if expected_rule == "confidence":
+        assert 0.55 < thresholds[0] <= 0.7 + 1e-6
+    else:
+        assert thresholds[0] < 1.0
+    # a fixed rule is kept as asked, even when it is the dearer one
+    other = "entropy" if expected_rule == "confidence" else "confidence"
+    _, _, fixed = exits_module.calibrate_exits(model, holdout, other, 0.0, loaded.input_size, costs)
+    assert fixed["rule"] == other and list(fixed["expected_latency_ms_by_rule"]) == [other]
+    assert fixed["expected_latency_ms"] > metrics["expected_latency_ms"]

@@ -28,7 +28,9 @@ class ExitsConfig(PassConfig):
     count: int | None = Field(None, ge=1, le=10_000, description="number of exits spread evenly over the blocks")
     head: Literal["auto", "local", "global", "linear"] = Field(
         "auto", description="auto: local perception in the first half of the blocks, global aggregation after")
-    rule: Literal["entropy", "confidence"] = "entropy"
+    rule: Literal["auto", "entropy", "confidence"] = Field(
+        "auto", description="exit when the head is sure enough, by its entropy or its top softmax probability; auto: "
+                            "calibrate both on the held-out images and keep the one with the lower expected latency")
     max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the cascade may lose on held-out images")
     holdout_images: int = Field(2000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
     cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
