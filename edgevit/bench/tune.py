@@ -9,7 +9,8 @@ of the same family (`--latency-model`), as in the pareto section. Settings from 
 environment: EDGEVIT_BENCH_TUNE_TRIALS (default 20), EDGEVIT_BENCH_TUNE_VAL (validation
 images, default 500), EDGEVIT_BENCH_TUNE_CASES (comma-separated case names, e.g. "Swin size";
 default all); `--models REF=LATENCY_MODEL` and `--recipes` narrow the cases and
-the shipped recipes compared (a tiny check: `--models vit_tiny_c10=vit_tiny_c10`).
+the shipped recipes compared (a tiny check: `--models vit_tiny_c10=vit_tiny_c10`). The size
+case sizes and times the reference model itself.
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ CASES = [
      "budget": "latency_ms=0.5x", "shipped": ["tome_deit", "evit_deit", "int8_deit"], "workers": True},
     {"case": "Swin latency", "reference": "swin_tiny_c10", "latency_model": "swin_tiny_patch4_window7_224",
      "recipe": "stack_swin", "budget": "latency_ms=0.5x", "shipped": ["dimap_swin", "int4_swin", "int8_deit"]},
-    # size: the smallest artifact within 1 pt (the issue's target: >= 10x smaller than fp32)
-    {"case": "Swin size", "reference": "swin_tiny_c10", "latency_model": "swin_tiny_patch4_window7_224",
-     "recipe": "stack_swin", "budget": "size_mb=0.1x", "shipped": ["int4_swin", "int8_deit"]},
+    # size: the smallest artifact within 1 pt (the issue's target: >= 10x smaller than fp32),
+    # measured on the model the user ships (the reference itself, no latency model): a
+    # 1000-class Swin-T 224 carries a 3 MB fp32 classifier the 10-class model does not have
+    {"case": "Swin size", "reference": "swin_tiny_c10", "latency_model": None,
+     "recipe": "size_swin", "budget": "size_mb=0.1x", "shipped": ["int4_swin", "size_swin"]},
 ]
 MAX_DROP = 1.0
 
@@ -47,7 +50,7 @@ def _cases(ctx: BenchContext) -> list[dict[str, Any]]:
         if pairs and case["reference"] not in pairs or wanted and case["case"].lower() not in wanted:
             continue
         latency = pairs.get(case["reference"]) or case["latency_model"]
-        if (ctx.shared / "models" / latency).is_dir():  # a reference folder name (a tiny check times the model itself)
+        if latency and (ctx.shared / "models" / latency).is_dir():  # a reference folder name (a tiny check times the model itself)
             latency = str(ctx.shared / "models" / latency)
         shipped = [r for r in case["shipped"] if not ctx.recipes or r in ctx.recipes]
         out.append({**case, "latency_model": latency, "shipped": shipped})
@@ -145,7 +148,8 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
 
 @section("tune", "edgevit tune: searched stacks vs shipped recipes and a grid",
          "`edgevit tune` at a latency budget of 0.5x fp32 and a size budget, max drop 1 pt, accuracy on the CIFAR-10 "
-         "reference models (validation split of the training images), latency/size on the 224x224 model of the family; "
+         "reference models (validation split of the training images), latency on the 224x224 model of the family, size "
+         "(the size case) on the reference model itself; "
          "the best shipped recipe and a grid of the same size measured the same way; 1 vs 2 workers (local Ray).",
          cap_s=6 * 3600)
 def run(ctx: BenchContext) -> dict[str, Any]:
