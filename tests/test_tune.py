@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, write_images
 from edgevit.errors import EdgevitError
-from edgevit.tune.budget import parse_budget
+from edgevit.tune.budget import meets, parse_budget
 
 EDGEVIT = str(Path(sys.executable).with_name("edgevit"))
 
@@ -380,3 +380,10 @@ def test_size_bound_is_taken_on_the_model_whose_size_is_measured():
     total = sum(p.numel() for p in __import__("edgevit.models", fromlist=["x"]).load_model("test_vit").model.parameters())
     # a latency model (here the tiny test ViT) sizes the artifact: its parameters at the share the passes kept
     assert sized_params(600, 1000, "test_vit") == int(total * 0.6 * SIZE_ESTIMATE_MARGIN)
+
+
+@pytest.mark.parametrize("top1, expected", [(0.834, True), (0.832, False)])
+def test_a_drop_of_exactly_max_drop_meets_it(top1, expected):
+    # 500 images: 0.844 -> 0.834 is 5 images, exactly 1 point (1.0000000000000009 in floating point)
+    record = {"top1": top1, "size_mb": 2.83}
+    assert meets(record, {"size_mb": 2.839}, 0.844, 1.0) is expected
