@@ -155,10 +155,10 @@ def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.nd
                 for head, t in zip(model.edgevit_exits, holdout["tokens"])]
 
 
-# rules ``auto`` chooses between, in order of preference on a tie. Confidence (top softmax
-# probability) was the cheaper one on vit_tiny_c10 at every budget measured (1.54x vs 1.38x
-# expected at 0.5 pt with one exit); entropy can win on heads whose runner-up classes are
-# spread, so the choice is made per model on its held-out images.
+# rules ``auto`` chooses between, in order of preference on a tie. Neither wins everywhere:
+# in the bench (2026-12-01) confidence (top softmax probability) was cheaper on swin_tiny_c10
+# at every budget and on vit_tiny_c10 at 0.5 pt, entropy on vit_tiny_c10 at 0.25 and 1 pt,
+# so the choice is made per model and budget on the held-out images.
 EXIT_RULES = ("confidence", "entropy")
 
 
