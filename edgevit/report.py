@@ -87,9 +87,10 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
     if not cascade.get("evaluated"):
         return lines + [f"not run: {cascade.get('reason')}"]
     lines += [f"{cascade['images']} images of `{cascade['data']}`, run by the device runner as a cascade and, interleaved "
-              "batch by batch, as the same network without exits (the full model).", "",
+              "batch by batch, as the same network without exits (the full model). Latencies are wall time; the speed-up "
+              "divides mean process CPU time per batch (the runner's other load on a shared machine falls out).", "",
               "| target | top-1 cascade | top-1 full | exits taken (per exit, last = final classifier) | mean ms | p50 ms | p90 ms "
-              "| full mean ms | full p90 ms | speed-up (mean) | where run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| full mean ms | full p90 ms | speed-up (mean CPU time) | where run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in cascade["artifacts"].items():
         if not c.get("evaluated", True):
             lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | not run: {c['reason']} |")

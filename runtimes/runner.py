@@ -796,6 +796,9 @@ def evaluate_cascade(session, images, labels, batch):
     histogram = [0] * n_stages
     per_stage = [[] for _ in range(n_stages)]
     total_ms, reference_ms, correct, reference_correct = [], [], 0, 0
+    # process CPU time per call beside wall time: the speed-up is taken from CPU time (a
+    # shared machine's other load lands in wall time, not in ours); wall time gives p90
+    total_cpu_ms, reference_cpu_ms = [], []
     name = session.inputs[0][0]
     warm = {name: images[:batch].astype(np.float32)}
     for _ in range(WARMUP_EVAL):  # every stage session and the reference start warm (lazy init, caches)
@@ -804,9 +807,11 @@ def evaluate_cascade(session, images, labels, batch):
             reference.run({reference.inputs[0][0]: warm[name]})
     for start in range(0, len(images), batch):
         x = images[start:start + batch].astype(np.float32)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         predicted, exited, stage_ms = session.classify({name: x})
-        total_ms.append((time.perf_counter() - t0) * 1000.0)
+        t1, c1 = time.perf_counter(), time.process_time()
+        total_ms.append((t1 - t0) * 1000.0)
+        total_cpu_ms.append((c1 - c0) * 1000.0)
         for k, ms in enumerate(stage_ms):
             per_stage[k].append(ms)
         for k in exited:
@@ -814,9 +819,11 @@ def evaluate_cascade(session, images, labels, batch):
         if labels is not None:
             correct += int((predicted == labels[start:start + batch]).sum())
         if reference is not None:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             logits = reference.run({reference.inputs[0][0]: x})
-            reference_ms.append((time.perf_counter() - t0) * 1000.0)
+            t1, c1 = time.perf_counter(), time.process_time()
+            reference_ms.append((t1 - t0) * 1000.0)
+            reference_cpu_ms.append((c1 - c0) * 1000.0)
             if labels is not None:
                 reference_correct += int((next(iter(logits.values())).argmax(-1) == labels[start:start + batch]).sum())
     n = len(images)
@@ -825,13 +832,17 @@ def evaluate_cascade(session, images, labels, batch):
                               else "one session per stage, batch compacted after each exit"),
               "thresholds": [s["threshold"] for s in session.stages[:-1]],
               "exit_histogram": histogram, "exit_rates": [h / float(n) for h in histogram],
-              "latency": latency_stats(total_ms),
+              "latency": dict(latency_stats(total_ms), cpu_time_ms=float(np.mean(total_cpu_ms))),
               "stage_latency": [dict(latency_stats(ms), calls=len(ms)) if ms else {"calls": 0} for ms in per_stage],
               "accuracy": correct / float(n) if labels is not None else None}
     if reference is not None:
-        result["full_model_latency"] = latency_stats(reference_ms)
+        result["full_model_latency"] = dict(latency_stats(reference_ms), cpu_time_ms=float(np.mean(reference_cpu_ms)))
         result["full_model_accuracy"] = reference_correct / float(n) if labels is not None else None
-        result["speedup_mean"] = result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"]
+        cpu = result["latency"]["cpu_time_ms"] > 0  # a clock too coarse to see a call: fall back to wall time
+        result["speedup_mean"] = (result["full_model_latency"]["cpu_time_ms"] / result["latency"]["cpu_time_ms"] if cpu
+                                  else result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"])
+        result["speedup_measured_as"] = "process CPU time" if cpu else "wall time"
+        result["speedup_mean_wall"] = result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"]
         result["speedup_p50"] = result["full_model_latency"]["p50_ms"] / result["latency"]["p50_ms"]
     return result
 

@@ -128,6 +128,11 @@ def test_runner_runs_single_images_through_the_graph_and_batches_through_stages(
         assert ms1 == [] and (p1[0], e1[0]) == (predicted[i], exited[i])
     result = runner.evaluate_cascade(session, x, None, 1)
     assert result["executed_as"].startswith("one graph") and sum(result["exit_histogram"]) == 6
+    # the speed-up divides process CPU time (wall time stays for the percentiles)
+    lat, full = result["latency"], result["full_model_latency"]
+    assert lat["cpu_time_ms"] > 0 and full["cpu_time_ms"] > 0 and result["speedup_measured_as"] == "process CPU time"
+    assert result["speedup_mean"] == pytest.approx(full["cpu_time_ms"] / lat["cpu_time_ms"])
+    assert result["speedup_mean_wall"] == pytest.approx(full["mean_ms"] / lat["mean_ms"])
 
 
 class _Transport:
