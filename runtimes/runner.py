@@ -847,6 +847,50 @@ def evaluate_cascade(session, images, labels, batch):
     return result
 
 
+def cascade_path_costs(session, image, runs, rounds):
+    """Process CPU ms per call of each way through a cascade bundle for one image, timed
+    interleaved: the bundled reference, the one-graph cascade with every exit refused and
+    with exit k forced (thresholds fed as never / always), and the stage sessions chained up
+    to stage k. Where an exit's cost goes in this runtime, apart from the exit rates."""
+    name = session.inputs[0][0]
+    feeds = {name: image.astype(np.float32)}
+    n_exits = len(session.stages) - 1
+    variants = []
+    if session.reference_path:
+        reference = _open_session(session.session_class, session.bundle, session.folder, session.reference_path,
+                                  session.options, session.threads)
+        variants.append(("reference (no exits)", reference, {reference.inputs[0][0]: feeds[name]}))
+    if session.graph is not None:
+        thresholds_input = next(iter(session.graph_feeds))
+        for k in [None] + list(range(n_exits)):
+            forced = np.full(n_exits, np.inf, dtype=np.float32)  # scores are compared with >=: +inf never exits
+            if k is not None:
+                forced[k] = -np.inf
+            label = "one graph, nobody exits" if k is None else "one graph, exit {} taken".format(k)
+            variants.append((label, session.graph, dict(feeds, **{thresholds_input: forced})))
+
+    class _Chain(object):  # the stage sessions run one after another, as the runner does for batches
+        def __init__(self, last):
+            self.last = last
+
+        def run(self, current):
+            for stage, stage_session in zip(session.stages[:self.last + 1], session.sessions[:self.last + 1]):
+                out = stage_session.run(current)
+                current = dict((o, out[o]) for o in stage["outputs"] if o != stage["exit_output"])
+            return out
+
+    for k in range(n_exits + 1):
+        variants.append(("stages 0-{} chained".format(k), _Chain(k), feeds))
+    timed = time_interleaved([(v[1], v[2]) for v in variants], runs, max(3, runs // 10), rounds)
+    out = []
+    for (label, runnable, path_feeds), t in zip(variants, timed):
+        row = {"path": label, "cpu_time_ms": t["cpu_time_ms"], "p50_ms": t["p50_ms"]}
+        if runnable is session.graph:  # the exit the forced thresholds really took
+            row["exit_index"] = int(np.asarray(session.graph.run(path_feeds)[session.graph_index]).reshape(-1)[0])
+        out.append(row)
+    return out
+
+
 def input_feeds(session, batch, seed):
     rng = np.random.default_rng(seed)
     feeds = {}

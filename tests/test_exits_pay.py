@@ -135,6 +135,19 @@ def test_runner_runs_single_images_through_the_graph_and_batches_through_stages(
     assert result["speedup_mean_wall"] == pytest.approx(full["mean_ms"] / lat["mean_ms"])
 
 
+def test_path_costs_time_every_way_through_the_cascade(cascade_bundle):
+    loaded, _, bundle = cascade_bundle
+    runner = runner_module()
+    session = runner.open_artifact(str(bundle.path), 1)
+    x = np.random.default_rng(3).standard_normal((1, *loaded.input_size)).astype(np.float32)
+    paths = runner.cascade_path_costs(session, x, runs=4, rounds=2)
+    labels = [p["path"] for p in paths]
+    assert labels == ["reference (no exits)", "one graph, nobody exits", "one graph, exit 0 taken", "one graph, exit 1 taken",
+                      "stages 0-0 chained", "stages 0-1 chained", "stages 0-2 chained"]
+    assert all(p["cpu_time_ms"] > 0 and p["p50_ms"] > 0 for p in paths)
+    assert [p.get("exit_index") for p in paths[1:4]] == [2, 0, 1]  # the forced thresholds took the exit named
+
+
 class _Transport:
     """Stands in for the device: reports a measured speed-up."""
 

@@ -56,7 +56,7 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
     # the pass's speed gate decides on held-out training images, never on the test images
     gate_samples = holdout_samples(record.model_dump(mode="json"), pctx.train_data, base.label_names)[:GATE_IMAGES]
     gate_set = {"images": load_images(gate_samples, cfg).numpy(), "labels": np.array([y for _, y in gate_samples])}
-    rows, runs = [], []
+    rows, runs, paths = [], [], []
     for budget in BUDGETS:
         if ctx.over_cap():
             notes.append(f"{name} budget {budget}: skipped (time cap)")
@@ -92,16 +92,57 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
                          f"{lat['cpu_time_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['cpu_time_ms']:.2f}", f"{full['p90_ms']:.2f}",
                          f"{measured['speedup_mean']:.2f}x", f"{metrics['expected_flops_reduction']:.1%}",
                          f"{gate['speedup_mean']:.2f}x: {shipped}"])
+            if budget == PATH_BUDGET:
+                paths.append(_path_costs(name, profile.runtime, bundle.path, eval_set["images"][:1], measured))
             runs.append({"budget_points": budget, "target": target, "exits_kept": keep, "thresholds": thresholds,
                          "calibration": metrics, "measured": measured, "gate": {k: gate[k] for k in ("speedup_mean", "exit_rates")},
                          "shipped": shipped})
     results[name] = {"exit_blocks_1based": record.metrics["exit_blocks_1based"], "head_kinds": record.metrics["head_kinds"],
-                     "head_params": record.metrics["head_params"], "training": t, "runs": runs}
+                     "head_params": record.metrics["head_params"], "training": t, "runs": runs, "paths": paths}
     notes.append(f"{name}: exits after blocks {record.metrics['exit_blocks_1based']} ({', '.join(record.metrics['head_kinds'])} heads, "
                  f"{record.metrics['head_params'] / 1e6:.2f} M params); feature cache {t['feature_cache_mb']:.0f} MB built in "
                  f"{t['feature_cache_s']:.0f} s; head training {t['epochs']:.1f} epochs x {t['images_per_epoch']} images in "
                  f"{t['wall_s']:.0f} s (stopped by {t['stopped_by']}); per-exit top-1 on the held-out images "
                  + ", ".join(f"{a:.3f}" for a in record.metrics["holdout_top1_per_exit"]))
+    return rows
+
+
+PATH_BUDGET = 0.5  # the budget whose cascades get the per-path table
+PATH_RUNS, PATH_ROUNDS = 300, 10
+
+
+def _path_costs(name: str, runtime_name: str, bundle_dir, image: np.ndarray, measured: dict[str, Any]) -> dict[str, Any]:
+    """CPU ms of every way through one exported cascade (the runner's sessions, one image,
+    interleaved), and the mean they predict at the exit rates measured on the test images:
+    where the runtime spends an exit's time, apart from how often it is taken."""
+    from edgevit.profiling.runner_module import runner_module
+
+    runner = runner_module()
+    session = runner.open_artifact(str(bundle_dir), THREADS)
+    costs = runner.cascade_path_costs(session, image, PATH_RUNS, PATH_ROUNDS)
+    by_path = {c["path"]: c["cpu_time_ms"] for c in costs}
+    rates = measured["exit_rates"]
+    n_exits = len(rates) - 1
+    predicted = sum(r * by_path[f"one graph, exit {k} taken"] for k, r in enumerate(rates[:-1])) \
+        + rates[-1] * by_path["one graph, nobody exits"]
+    return {"model": name, "runtime": runtime_name, "costs": costs, "exit_rates": rates,
+            "predicted_mean_ms": predicted, "measured_mean_cpu_ms": measured["latency"]["cpu_time_ms"],
+            "overhead_per_exit_ms": (by_path["one graph, nobody exits"] - by_path["reference (no exits)"]) / n_exits}
+
+
+def _path_rows(results: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, r in results.items():
+        for p in r.get("paths", []):
+            reference = next(c["cpu_time_ms"] for c in p["costs"] if c["path"].startswith("reference"))
+            for c in p["costs"]:
+                rows.append([name, p["runtime"], c["path"] + (f" (took exit {c['exit_index']})" if "exit_index" in c else ""),
+                             f"{c['cpu_time_ms']:.3f}", f"{c['cpu_time_ms'] / reference:.2f}"])
+            rows.append([name, p["runtime"], "mean at the measured exit rates "
+                         + " / ".join(f"{x:.0%}" for x in p["exit_rates"]) + ": from these paths vs measured on the test images",
+                         f"{p['predicted_mean_ms']:.3f} vs {p['measured_mean_cpu_ms']:.3f}",
+                         f"{p['predicted_mean_ms'] / reference:.2f}"])
+            rows.append([name, p["runtime"], "(nobody exits - reference) per exit", f"{p['overhead_per_exit_ms']:.3f}", "-"])
     return rows
 
 
@@ -164,5 +205,10 @@ def exits_section(ctx: BenchContext) -> dict[str, Any]:
               {"title": f"{LARGE_MODEL} 224 (random weights): ms per image of each stage and exit head, and the cascade's "
                         f"mean latency at {ESTIMATE_FROM}'s measured exit rates (an estimate)",
                "header": ["model", "stage", "blocks ms", "head ms", "mean ms (cascade vs full)", "speed-up"],
-               "rows": estimate}]
+               "rows": estimate},
+              {"title": f"Where an exit's time goes: process CPU ms per way through the {PATH_BUDGET:g} pt cascades (one test "
+                        f"image, {THREADS} thread, {PATH_RUNS} calls each in {PATH_ROUNDS} interleaved rounds, the runner's "
+                        "sessions; exits forced through the thresholds input)",
+               "header": ["model", "runtime", "path", "CPU ms", "vs reference"],
+               "rows": _path_rows(results)}]
     return {"tables": tables, "results": results, "notes": notes}
