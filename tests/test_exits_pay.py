@@ -10,7 +10,7 @@ import torch
 
 from edgevit.cascade import attach_exits, forward_all_exits
 from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
-from edgevit.exporters.cascade_graphs import conditional_cascade_graph, publish_reference
+from edgevit.exporters.cascade_graphs import publish_reference
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
