@@ -44,6 +44,8 @@ class CascadeGraph(_Typed):
     thresholds_input: str = Field(description="float[exits] input: exit k when its score >= t_k (score: max softmax, "
                                               "or minus the entropy; +inf: never), fed from the stages' thresholds")
     index_output: str = Field(description="int64 scalar output: the exit taken (the last = the final classifier)")
+    exits: list[int] | None = Field(None, description="the exits the graph can take (indices of the stages' exits), "
+                                                      "chosen on the target; null: every exit")
     used_for: str = ""
 
 

@@ -25,6 +25,7 @@ from edgevit.baseline import Baselines, comparison
 from edgevit.capabilities import runtime
 from edgevit.exporters import ExportContext, LoweringPlan, TargetProfile
 from edgevit.exporters.base import Bundle
+from edgevit.exporters.cascade_graphs import graph_writer_key
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
 from edgevit.layer_kinds import by_kind
@@ -178,7 +179,8 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
                 progress.warn(warnings[-1])
             if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
                 exported = ExportedArtifact(stage / artifact["path"], published_plan.quantized, transport, recipe.profile.threads,
-                                            recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache)
+                                            recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache,
+                                            ectx.cache.get(graph_writer_key(stage / artifact["path"])))
                 warnings += _after_export(records, exported, artifact)
             artifacts.append(artifact)
             profiles[profile.name] = timing
@@ -432,6 +434,8 @@ def _evaluate_cascades(loaded: LoadedModel, folder: ImageFolder | None, data_con
         result = transport.run(stage / a["path"], runs=0, warmup=0, threads=p.threads, batch=p.batch,
                                eval_set={"images": images, "labels": labels})
         out["artifacts"][a["name"]] = {**result.data["cascade"], "where_run": result.data.get("where_run")}
+        if "exit_selection_on_target" in a:
+            out["artifacts"][a["name"]]["exits_chosen_on_target"] = a["exit_selection_on_target"]
     return out
 
 

@@ -99,6 +99,13 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {name} | {_fmt(c['accuracy'], 4)} | {_fmt(c.get('full_model_accuracy'), 4)} | {c['exit_histogram']} "
                      f"| {_fmt(lat['mean_ms'])} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(full.get('mean_ms'))} "
                      f"| {_fmt(full.get('p90_ms'))} | {_fmt(c.get('speedup_mean'))}x | {c['where_run']} |")
+    for name, c in cascade["artifacts"].items():
+        chosen = c.get("exits_chosen_on_target")
+        if chosen:
+            tried = "; ".join(f"blocks {t['blocks_1based']}: {t['speedup_mean']:.2f}x" for t in chosen["tried"])
+            lines += ["", f"- {name}: exits chosen on the target: after blocks {chosen['kept_blocks_1based']}"
+                      + (f", left out {chosen['dropped_blocks_1based']}" if chosen["dropped_blocks_1based"] else "")
+                      + f" (tried, speed-up on held-out train images: {tried})"]
     return lines
 
 

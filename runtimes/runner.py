@@ -647,6 +647,7 @@ class CascadeSession(object):
             path = bundle_path(folder, stage["file"], "cascade.stages[{}].file".format(k))
             self.sessions.append(_open_session(session_class, bundle, folder, path, options, threads, profile_ops))
         self._check_wiring()
+        self.graph_exits = []  # set by _open_graph when the bundle has the one-graph form
         self.graph = self._open_graph(manifest.get("graph"), bundle, folder, session_class, options, threads, profile_ops)
         first = self.sessions[0]
         self.runtime, self.version, self.inputs = first.runtime, first.version, first.inputs
@@ -690,6 +691,11 @@ class CascadeSession(object):
                   for s in self.stages[:-1]]
         self.graph_feeds = {graph["thresholds_input"]: np.array(scores, dtype=np.float32)}
         self.graph_index = graph["index_output"]
+        exits = graph.get("exits")  # the exits the graph can take (chosen on the target); null: all
+        if exits is not None and (not isinstance(exits, list) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(self.stages) - 1 for e in exits)):
+            raise RunnerFailure("bundle.json: cascade.graph.exits: expected indices of the stages' exits; {}".format(REEXPORT))
+        self.graph_exits = list(range(len(self.stages) - 1)) if exits is None else exits
         return session
 
     def run(self, feeds):
@@ -862,7 +868,7 @@ def cascade_path_costs(session, image, runs, rounds):
         variants.append(("reference (no exits)", reference, {reference.inputs[0][0]: feeds[name]}))
     if session.graph is not None:
         thresholds_input = next(iter(session.graph_feeds))
-        for k in [None] + list(range(n_exits)):
+        for k in [None] + list(session.graph_exits):  # an exit left out of the graph cannot be forced
             forced = np.full(n_exits, np.inf, dtype=np.float32)  # scores are compared with >=: +inf never exits
             if k is not None:
                 forced[k] = -np.inf

@@ -23,8 +23,10 @@ from edgevit.capabilities import runtime
 from edgevit.models import load_model
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import cumulative_costs
-from edgevit.passes.exits import (GATE_IMAGES, ExitsConfig, ExitsPass, calibrate_exits, exit_blocks, exit_costs, head_specs,
-                                  holdout_samples)
+from edgevit.exporters.cascade_graphs import graph_writer_key
+from edgevit.passes.exits import (GATE_IMAGES, ExitsConfig, ExitsPass, calibrate_exits, deployed_cumulative_costs, exit_blocks,
+                                  exit_costs, head_specs, holdout_exit_logits, holdout_samples)
+from edgevit.passes.exits_on_target import select_exits_on_target
 from edgevit.profiling import LocalTransport
 
 MODELS = ["vit_tiny_c10", "swin_tiny_c10"]
@@ -79,7 +81,19 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
             exporter = runtime(profile.runtime).exporter_class()()
             bundle = exporter.export(model, plan, profile, export_ctx, ctx.work / f"{name}-{budget}-{target}")
             transport = LocalTransport()
-            gate = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=gate_set).data["cascade"]
+            time_gate = lambda: transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1,  # noqa: E731
+                                              eval_set=gate_set).data["cascade"]
+            deployed = keep
+            if len(keep) > 1:  # as compress does after export: the exits that pay in this runtime
+                chosen = select_exits_on_target(bundle.path, export_ctx.cache[graph_writer_key(bundle.path)], time_gate,
+                                                holdout_exit_logits(model, exits_pass.holdout),
+                                                exits_pass.holdout["logits"].numpy(), exits_pass.holdout["labels"].numpy(),
+                                                metrics["rule"], budget, deployed_cumulative_costs(metrics))
+                gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
+                tried = [{"blocks": [specs[keep[e]].block + 1 for e in t["exits"]], "gate_speedup": t["speedup_mean"]}
+                         for t in chosen["tried"]]
+            else:
+                gate, tried = time_gate(), []
             shipped = "cascade" if gate["speedup_mean"] >= 1.0 else "plain model (speed gate)"
             measured = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
             lat, full = measured["latency"], measured["full_model_latency"]
@@ -87,14 +101,16 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
                          f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f}",
                          f"{measured['accuracy']:.4f}", f"{measured['full_model_accuracy']:.4f}",
                          f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
-                         "blocks " + ",".join(str(specs[k].block + 1) for k in keep) + f" ({metrics['rule']}): "
-                         + " / ".join(f"{r:.0%}" for r in measured["exit_rates"]),
+                         "blocks " + ",".join(str(specs[k].block + 1) for k in deployed) + f" ({metrics['rule']}): "
+                         + " / ".join(f"{r:.0%}" for r in _taken(measured["exit_rates"], keep, deployed)),
+                         "; ".join(f"{','.join(map(str, t['blocks']))}: {t['gate_speedup']:.2f}x" for t in tried) or "-",
                          f"{lat['cpu_time_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['cpu_time_ms']:.2f}", f"{full['p90_ms']:.2f}",
                          f"{measured['speedup_mean']:.2f}x", f"{metrics['expected_flops_reduction']:.1%}",
                          f"{gate['speedup_mean']:.2f}x: {shipped}"])
             if budget == PATH_BUDGET:
                 paths.append(_path_costs(name, profile.runtime, bundle.path, eval_set["images"][:1], measured))
-            runs.append({"budget_points": budget, "target": target, "exits_kept": keep, "thresholds": thresholds,
+            runs.append({"budget_points": budget, "target": target, "exits_kept": deployed, "exits_calibrated": keep,
+                         "exits_tried_on_target": tried, "thresholds": thresholds,
                          "calibration": metrics, "measured": measured, "gate": {k: gate[k] for k in ("speedup_mean", "exit_rates")},
                          "shipped": shipped})
     results[name] = {"exit_blocks_1based": record.metrics["exit_blocks_1based"], "head_kinds": record.metrics["head_kinds"],
@@ -105,6 +121,12 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
                  f"{t['wall_s']:.0f} s (stopped by {t['stopped_by']}); per-exit top-1 on the held-out images "
                  + ", ".join(f"{a:.3f}" for a in record.metrics["holdout_top1_per_exit"]))
     return rows
+
+
+def _taken(rates: list[float], keep: list[int], deployed: list[int]) -> list[float]:
+    """The runner's exit rates (one per stage of the bundle) for the exits in its graph
+    only: an exit left out of the graph on the target is never taken."""
+    return [r for k, r in zip([*keep, None], rates) if k is None or k in deployed]
 
 
 PATH_BUDGET = 0.5  # the budget whose cascades get the per-path table
@@ -122,8 +144,8 @@ def _path_costs(name: str, runtime_name: str, bundle_dir, image: np.ndarray, mea
     costs = runner.cascade_path_costs(session, image, PATH_RUNS, PATH_ROUNDS)
     by_path = {c["path"]: c["cpu_time_ms"] for c in costs}
     rates = measured["exit_rates"]
-    n_exits = len(rates) - 1
-    predicted = sum(r * by_path[f"one graph, exit {k} taken"] for k, r in enumerate(rates[:-1])) \
+    n_exits = len(session.graph_exits)
+    predicted = sum(r * by_path[f"one graph, exit {k} taken"] for k, r in enumerate(rates[:-1]) if k in session.graph_exits) \
         + rates[-1] * by_path["one graph, nobody exits"]
     return {"model": name, "runtime": runtime_name, "costs": costs, "exit_rates": rates,
             "predicted_mean_ms": predicted, "measured_mean_cpu_ms": measured["latency"]["cpu_time_ms"],
@@ -166,7 +188,7 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
     for run in results.get(ESTIMATE_FROM, {}).get("runs", []):
         if run["target"] != TARGETS[0]:
             continue
-        rates = run["measured"]["exit_rates"]
+        rates = _taken(run["measured"]["exit_rates"], run["exits_calibrated"], run["exits_kept"])
         expected = float(np.dot(rates, cumulative_costs(stage, head, run["exits_kept"])))
         rows.append([LARGE_MODEL, f"cascade at {ESTIMATE_FROM}'s exit rates, budget {run['budget_points']:g} pt (estimate)",
                      "-", "-", f"{expected:.2f} vs {full:.2f}", f"{full / expected:.2f}x"])
@@ -198,7 +220,8 @@ def exits_section(ctx: BenchContext) -> dict[str, Any]:
     estimate = _large_model_estimate(results, notes)  # about a minute: worth it even past the cap
     tables = [{"title": f"Cascade vs full model, batch 1, {THREADS} thread ({TEST_IMAGES} CIFAR-10 test images)",
                "header": ["model", "runtime", "budget", "held-out drop (pt)", "top-1 cascade", "top-1 full", "drop (pt)",
-                          "exits taken (per exit, last = final)", "mean CPU ms", "p90 wall ms", "full mean CPU ms",
+                          "exits taken (per exit, last = final)", "exits tried on the target: gate speed-up",
+                          "mean CPU ms", "p90 wall ms", "full mean CPU ms",
                           "full p90 wall ms", "speed-up (mean CPU time)", "FLOPs saved (held-out estimate)",
                           f"speed gate ({GATE_IMAGES} held-out train images): what compress ships"],
                "rows": rows},

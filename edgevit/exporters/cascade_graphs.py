@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -115,11 +115,15 @@ def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx
         stage["file"] = written[0]
         files += written
     if plan.forms.get("exits") == "if_graph":  # plus the stages: batches run them, and the check reads every exit there
-        graph = conditional_cascade_graph(paths, plan.cascade["rule"], ctx.scratch("cascade-graph") / "cascade.onnx")
-        written = convert(graph, "cascade")
+        def rewrite_graph(exits: Sequence[int] | None) -> list[str]:
+            graph = conditional_cascade_graph(paths, plan.cascade["rule"], ctx.scratch("cascade-graph") / "cascade.onnx", exits)
+            return convert(graph, "cascade")
+
+        written = rewrite_graph(None)
         manifest["graph"] = {"file": written[0], "thresholds_input": THRESHOLDS_INPUT, "index_output": EXIT_INDEX_OUTPUT,
                              "used_for": "batch 1: the whole cascade in one call, later stages skipped through If"}
         files += written
+        ctx.cache[graph_writer_key(out_dir)] = rewrite_graph
     reference = convert(lowered_onnx_graph(model, plan, ctx), "reference")
     inputs, _ = onnx_io(paths[0])
     outputs = [{"name": s["name"]} for s in manifest["stages"]]
@@ -127,6 +131,14 @@ def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx
     data["cascade"] = manifest
     data["reference_model"] = reference_model_entry(reference)
     return Bundle(out_dir, data).write()
+
+
+def graph_writer_key(bundle_dir: Path) -> str:
+    """Where an export context keeps the function that rewrites a cascade bundle's one-graph
+    form with a subset of its exits (``exits``: indices of the stages' exits; same files),
+    for as long as the run's intermediate graphs exist: exits are chosen per target after
+    export, by timing the candidates there."""
+    return f"cascade-graph-writer:{Path(bundle_dir).resolve()}"
 
 
 def publish_reference(bundle_dir: Path) -> Bundle:
@@ -152,7 +164,7 @@ def publish_reference(bundle_dir: Path) -> Bundle:
 THRESHOLDS_INPUT, EXIT_INDEX_OUTPUT = "exit_thresholds", "exit_index"
 
 
-def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
+def conditional_cascade_graph(paths: list[Path], rule: str, out: Path, exits: Sequence[int] | None = None) -> Path:
     """One ONNX graph for the cascade of stage graphs ``paths``: after stage k its exit's
     score (max softmax, or minus the entropy) is compared with ``exit_thresholds[k]`` (a
     graph input in score units, +inf: never exit) and an ``If`` either returns exit k's
@@ -163,7 +175,12 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
     in the outer graph, stage k in the branch that continues after exit k-1), not in the
     outer graph read through the enclosing scope: ONNX Runtime pre-packs and fuses only
     weights that are initializers of the graph itself (vit_tiny_c10, the path through every
-    stage: MatMul 6.1 -> 5.6 ms, Conv 0.57 -> 0.33 ms per image in its profiler)."""
+    stage: MatMul 6.1 -> 5.6 ms, Conv 0.57 -> 0.33 ms per image in its profiler).
+
+    ``exits``: the exits that get an If (default: all). Each If is a graph boundary that
+    costs a runtime time whether or not anybody leaves there (OpenVINO: ~0.2 ms), so an exit
+    that does not pay on a target is left out of its graph: its stage runs straight on into
+    the next, its head is not computed, and ``exit_thresholds`` keeps one entry per exit."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -194,39 +211,74 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path) -> Path:
     logits_info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, logits_shape)  # noqa: E731
     index_info = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, [])  # noqa: E731
 
-    def branch(k: int) -> tuple[list, list[str]]:
-        """Nodes that run stage k onwards, and the names of their (logits, exit index)."""
+    with_if = set(range(n_exits) if exits is None else exits)
+    if not with_if <= set(range(n_exits)):
+        raise ExportError(f"conditional cascade: exits {sorted(with_if)} outside 0..{n_exits - 1}", "a bug: report it")
+
+    def branch(k: int) -> tuple[list, list[str], list]:
+        """Nodes that run stage k onwards, the names of their (logits, exit index), and the
+        weights of the stages that run in the same graph as stage k."""
         nodes = list(stage_nodes[k])
         if k == n_exits:
             return nodes + [helper.make_node("Constant", [], [f"index{k}"], value=helper.make_tensor(
-                f"index{k}_value", TensorProto.INT64, [], [k]))], ["final_logits", f"index{k}"]
+                f"index{k}_value", TensorProto.INT64, [], [k]))], ["final_logits", f"index{k}"], stage_initializers[k]
+        rest_nodes, (rest_logits, rest_index), rest_weights = branch(k + 1)
+        if k not in with_if:  # no boundary here: the next stage follows in the same graph
+            return nodes + rest_nodes, [rest_logits, rest_index], stage_initializers[k] + rest_weights
         z = exit_output_name(k)
         nodes += _decision_nodes(k, z, rule)
-        rest_nodes, (rest_logits, rest_index) = branch(k + 1)
         leave = helper.make_graph([helper.make_node("Identity", [z], [f"leave{k}_logits"]),
                                    helper.make_node("Constant", [], [f"leave{k}_index"], value=helper.make_tensor(
                                        f"leave{k}_index_value", TensorProto.INT64, [], [k]))],
                                   f"leave_at_{k}", [], [logits_info(f"leave{k}_logits"), index_info(f"leave{k}_index")])
-        stay = helper.make_graph(rest_nodes, f"continue_after_{k}", [], [logits_info(rest_logits), index_info(rest_index)],
-                                 initializer=stage_initializers[k + 1])
+        stay = _graph_of_live_nodes(rest_nodes, rest_weights, f"continue_after_{k}", [],
+                                    [logits_info(rest_logits), index_info(rest_index)])
         nodes.append(helper.make_node("If", [f"exit{k}_all_leave"], [f"out{k}_logits", f"out{k}_index"],
                                       name=f"early_exit_{k}", then_branch=leave, else_branch=stay))
-        return nodes, [f"out{k}_logits", f"out{k}_index"]
+        return nodes, [f"out{k}_logits", f"out{k}_index"], stage_initializers[k]
 
-    nodes, (final_logits, final_index) = branch(0)
+    nodes, (final_logits, final_index), weights = branch(0)
     nodes += [helper.make_node("Identity", [final_logits], [FINAL_OUTPUT]),
               helper.make_node("Identity", [final_index], [EXIT_INDEX_OUTPUT])]
     first = models[0].graph
-    graph = helper.make_graph(nodes, "edgevit_conditional_cascade",
-                              [*first.input, helper.make_tensor_value_info(THRESHOLDS_INPUT, TensorProto.FLOAT, [n_exits])],
-                              [logits_info(FINAL_OUTPUT), index_info(EXIT_INDEX_OUTPUT)],
-                              initializer=stage_initializers[0])
+    graph = _graph_of_live_nodes(nodes, weights, "edgevit_conditional_cascade",
+                                 [*first.input, helper.make_tensor_value_info(THRESHOLDS_INPUT, TensorProto.FLOAT, [n_exits])],
+                                 [logits_info(FINAL_OUTPUT), index_info(EXIT_INDEX_OUTPUT)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="edgevit")
     model.ir_version = models[0].ir_version
     onnx.checker.check_model(model, full_check=False)
     onnx.save(model, str(out))
     return out
+
+
+def _graph_of_live_nodes(nodes: list, weights: list, name: str, inputs: list, outputs: list):
+    """A graph of the nodes (and weights) its outputs need: the head of an exit left out of
+    the graph would otherwise still be computed, its logits read by nobody."""
+    from onnx import helper
+
+    needed = {o.name for o in outputs}
+    live = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= set(node.input) | _names_read_inside(node)
+    live.reverse()
+    return helper.make_graph(live, name, inputs, outputs, initializer=[w for w in weights if w.name in needed])
+
+
+def _names_read_inside(node) -> set[str]:
+    """Every value name read by the nodes of ``node``'s subgraphs (If branches read the
+    enclosing scope); names the branches define themselves are included, harmlessly."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+        for g in graphs:
+            for sub in g.node:
+                names |= set(sub.input) | _names_read_inside(sub)
+    return names
 
 
 def _prefixer(prefix: str, keep: set[str], special: dict[str, str]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -68,6 +69,9 @@ class ExportedArtifact:
     data_config: dict[str, Any]
     label_names: list[str] | None
     run_cache: dict[str, Any]  # shared by the artifacts of one run (e.g. images read once)
+    # a cascade bundle's one-graph form rewritten with a subset of its exits (None: the
+    # bundle has no such form, or its intermediate graphs are gone)
+    write_graph: Callable[[Sequence[int] | None], list[str]] | None = None
 
 
 class Pass(Protocol):

@@ -352,11 +352,66 @@ class ExitsPass:
             artifact.run_cache["exits_holdout"] = (load_images(samples, artifact.data_config).numpy(),
                                                    np.array([y for _, y in samples]))
         images, labels = artifact.run_cache["exits_holdout"]
+        if artifact.write_graph is not None and artifact.batch == 1 and len(record["structure"]["heads"]) > 1:
+            return _choose_exits_on_target(record, artifact, images, labels)
         added = _recalibrate_on_runtime(record, artifact, images, labels) if artifact.quantized else {}
         return {**added, **_speed_gate(record, artifact, images, labels)}
 
 
 GATE_IMAGES = 500  # held-out images the exported cascade is timed on against its reference
+
+
+def _runtime_logits(artifact: ExportedArtifact, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every exit's and the final classifier's logits on ``images``, as the runtime computes
+    them through the bundle's stages (on the target)."""
+    outputs = artifact.transport.run(artifact.bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
+                                     inputs=images).outputs
+    stages = json.loads((artifact.bundle_dir / "bundle.json").read_text())["cascade"]["stages"]
+    return [outputs[s["name"]] for s in stages[:-1]], outputs[stages[-1]["name"]]
+
+
+def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray,
+                            labels: np.ndarray) -> dict[str, Any]:
+    """The exits that pay in this runtime (``exits_on_target``), thresholds calibrated on
+    the runtime's own outputs, then the speed gate on the chosen cascade's measurement."""
+    from edgevit.passes.exits_on_target import select_exits_on_target
+
+    progress.step(f"choosing the exits of {artifact.bundle_dir.name} on the target ({len(labels)} held-out images)")
+    exit_logits, final_logits = _runtime_logits(artifact, images)
+    n = min(len(labels), GATE_IMAGES)
+    metrics = record["metrics"]
+    selection = select_exits_on_target(
+        artifact.bundle_dir, artifact.write_graph, lambda: _time_cascade(artifact, images[:n], labels[:n]),
+        exit_logits, final_logits, labels, record["structure"]["rule"], record["config"]["max_accuracy_drop"],
+        deployed_cumulative_costs(metrics))
+    chosen = selection["chosen"]
+    blocks = metrics["exit_blocks_1based"]
+    summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
+               "kept_blocks_1based": [blocks[e] for e in chosen["exits"]],
+               "dropped_blocks_1based": [b for e, b in enumerate(blocks) if e not in chosen["exits"]],
+               "thresholds": chosen["thresholds"],
+               "tried": [{"blocks_1based": [blocks[e] for e in t["exits"]], "speedup_mean": t["speedup_mean"],
+                          "holdout_drop_points": round((t["holdout_top1"] - t["holdout_top1_full"]) * 100, 3),
+                          "holdout_exit_rates": t["holdout_exit_rates"]} for t in selection["tried"]],
+               "calibrated_on": "the runtime's outputs of the bundle's stages" if artifact.quantized else
+                                "the runtime's outputs of the bundle's stages (fp32: as PyTorch's within the check)"}
+    if summary["dropped_blocks_1based"]:
+        progress.step(f"{artifact.bundle_dir.name}: exits after blocks {summary['dropped_blocks_1based']} left out of the "
+                      "one-graph cascade: they did not pay in this runtime")
+    calibration = {"on": summary["calibrated_on"], "thresholds_from_pytorch": record["structure"]["thresholds"],
+                   "thresholds": chosen["thresholds"], "holdout_images": len(labels), "exits": chosen["exits"],
+                   "holdout_top1_full": chosen["holdout_top1_full"], "holdout_top1_cascade": chosen["holdout_top1"],
+                   "exit_rates": chosen["holdout_exit_rates"]}
+    return {"exit_selection_on_target": summary, "cascade_calibration": calibration,
+            **_speed_gate(record, artifact, images, labels, measured=chosen["measured"])}
+
+
+def deployed_cumulative_costs(metrics: dict[str, Any]):
+    """``exits`` (indices of the deployed exits) -> the pass's estimated cost of leaving at
+    each of them and of the final classifier, when only those are in the cascade."""
+    costs, kept = metrics["cost_ms"], metrics["exit_selection"]["kept"]
+    stage_ms, head_ms = np.array(costs["stage_ms"]), np.array(costs["head_ms"])
+    return lambda exits: cumulative_costs(stage_ms, head_ms, [kept[e] for e in exits])
 
 
 def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray,
@@ -389,13 +444,21 @@ def _deployed_stage_ms(metrics: dict[str, Any]) -> list[float]:
     return np.diff(cumulative, prepend=0.0).tolist()
 
 
-def _speed_gate(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def _time_cascade(artifact: ExportedArtifact, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The device runner's run of the bundle as a cascade, interleaved with its reference."""
+    return artifact.transport.run(artifact.bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
+                                  eval_set={"images": images, "labels": labels}).data["cascade"]
+
+
+def _speed_gate(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray, labels: np.ndarray,
+                measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``measured``: the bundle as it is already timed (by the exit choice on the target)."""
     bundle_dir = artifact.bundle_dir
     n = min(len(labels), GATE_IMAGES)
-    progress.step(f"timing the cascade {bundle_dir.name} against the same network without exits ({n} held-out images, "
-                  f"batch {artifact.batch}, interleaved)")
-    measured = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
-                                      eval_set={"images": images[:n], "labels": labels[:n]}).data["cascade"]
+    if measured is None:
+        progress.step(f"timing the cascade {bundle_dir.name} against the same network without exits ({n} held-out images, "
+                      f"batch {artifact.batch}, interleaved)")
+        measured = _time_cascade(artifact, images[:n], labels[:n])
     speedup = measured["speedup_mean"]
     gate = {"on": f"{n} images held out from --train-data, batch {artifact.batch}, {artifact.threads} thread(s), "
                   "interleaved batch by batch with the bundled reference",
