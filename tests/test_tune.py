@@ -387,3 +387,17 @@ def test_a_drop_of_exactly_max_drop_meets_it(top1, expected):
     # 500 images: 0.844 -> 0.834 is 5 images, exactly 1 point (1.0000000000000009 in floating point)
     record = {"top1": top1, "size_mb": 2.83}
     assert meets(record, {"size_mb": 2.839}, 0.844, 1.0) is expected
+
+
+def test_a_trial_records_how_much_its_fine_tunes_trained():
+    """A wall-capped fine-tune sees fewer images on a loaded machine: the record says how many."""
+    from edgevit.tune.output import _fine_tune_cell
+    from edgevit.tune.trial import fine_tune_summary
+
+    assert fine_tune_summary(None) is None and _fine_tune_cell(None) == "none"
+    summary = fine_tune_summary([{"pass": "prune", "steps": 10, "batch_size": 32, "epochs": 0.5, "stopped_by": "max_minutes",
+                                  "wall_s": 60.0},
+                                 {"pass": "finetune", "steps": 4, "batch_size": 16, "epochs": 1.0, "stopped_by": "epochs",
+                                  "wall_s": 2.5}])
+    assert summary == {"images_seen": 384, "epochs": [0.5, 1.0], "stopped_by": ["epochs", "max_minutes"], "wall_s": 62.5}
+    assert _fine_tune_cell(summary) == "384 (0.5+1 epochs, stopped by epochs/max_minutes)"

@@ -93,19 +93,26 @@ def _chosen_text(row: dict[str, Any], why: str) -> str:
 def _table(rows: list[dict[str, Any]], baseline: dict[str, Any], metrics: list[str], short: Any, title: str) -> str:
     lines = [f"## {title}", "",
              f"fp32 baseline: top-1 {baseline['top1']:.4f}, {baseline['latency_ms']:.3f} ms, {baseline['size_mb']:.3f} MB", "",
-             "| trial | state | values | top-1 | vs fp32 (pt) | p50 ms | size MB | meets budget | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| trial | state | values | top-1 | vs fp32 (pt) | p50 ms | size MB | meets budget | fine-tune (images seen) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         r = row["record"]
         values = ", ".join(f"{short(k)}={v}" for k, v in (row["values"] or {}).items())
         note = row["reason"] or (f"same values as #{row['same_as']}" if row.get("same_as") is not None else "")
         if row["state"] == "complete":
             cells = [f"{r['top1']:.4f}", f"{0.0 - drop_points(r['top1'], baseline['top1']):+.2f}", f"{r['latency_ms']:.3f}",
-                     f"{r['size_mb']:.3f}", "yes" if row["meets_budget"] else "no"]
+                     f"{r['size_mb']:.3f}", "yes" if row["meets_budget"] else "no", _fine_tune_cell(r.get("fine_tune"))]
         else:
-            cells = ["-"] * 5
+            cells = ["-"] * 6
         lines.append(f"| {row['number']} | {row['state']} | {values} | " + " | ".join(cells) + f" | {_cell(note)} |")
     return "\n".join(lines) + "\n"
+
+
+def _fine_tune_cell(fine_tune: dict[str, Any] | None) -> str:
+    if not fine_tune:
+        return "none"
+    return (f"{fine_tune['images_seen']} ({'+'.join(f'{e:g}' for e in fine_tune['epochs'])} epochs, "
+            f"stopped by {'/'.join(fine_tune['stopped_by'])})")
 
 
 def _cell(text: str) -> str:

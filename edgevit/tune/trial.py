@@ -157,7 +157,20 @@ def measure(report: dict[str, Any], export: str, with_accuracy: bool = True) -> 
         "size_mb": artifact["size_bytes"] / 1e6, "flops": report["flops"]["after"], "params": report["params"]["after"],
         "executed_precision": artifact["executed_precision"], "where_run": timing["where_run"], "device": timing.get("device"),
         "precisions": signature_of(report["passes"]),
+        "fine_tune": fine_tune_summary(report.get("training")) if with_accuracy else None,
     }
+
+
+def fine_tune_summary(training: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """How much training a trial's fine-tunes really did. A fine-tune capped by wall time
+    (``max_minutes``) sees fewer images on a loaded machine, so the same values can give
+    another accuracy: the images seen say whether two trials are comparable."""
+    if not training:
+        return None
+    return {"images_seen": sum(int(t.get("steps", 0)) * int(t.get("batch_size", 0)) for t in training),
+            "epochs": [round(float(t.get("epochs", 0.0)), 3) for t in training],
+            "stopped_by": sorted({str(t.get("stopped_by")) for t in training}),
+            "wall_s": round(sum(float(t.get("wall_s", 0.0)) for t in training), 1)}
 
 
 def signature_of(pass_records_or_configs: list[Any]) -> str:
