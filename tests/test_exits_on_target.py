@@ -158,6 +158,8 @@ def test_after_export_chooses_exits_through_the_device_runner(exported, tmp_path
                                                          if t["blocks_1based"] == chosen["kept_blocks_1based"])
     data = json.loads((folder / "bundle.json").read_text())
     assert [b for b, e in zip([1, 3], (0, 1)) if e in data["cascade"]["graph"]["exits"]] == chosen["kept_blocks_1based"]
+    reference = set(data["reference_model"]["files"])
+    assert added["size_bytes"] == sum((folder / f).stat().st_size for f in data["files"] if f not in reference)
     session = runner_module().open_artifact(str(folder), 1)
     for i in range(4):  # one image at a time through the rebuilt graph: only the chosen exits are taken
         _, exited, _ = session.classify({"input": images[i:i + 1]})

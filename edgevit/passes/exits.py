@@ -402,7 +402,11 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
                    "thresholds": chosen["thresholds"], "holdout_images": len(labels), "exits": chosen["exits"],
                    "holdout_top1_full": chosen["holdout_top1_full"], "holdout_top1_cascade": chosen["holdout_top1"],
                    "exit_rates": chosen["holdout_exit_rates"]}
-    return {"exit_selection_on_target": summary, "cascade_calibration": calibration,
+    from edgevit.exporters.base import Bundle
+
+    # the rewritten graph has no head for a left-out exit: the deployed size changed
+    size = Bundle(artifact.bundle_dir, json.loads((artifact.bundle_dir / "bundle.json").read_text())).size_bytes
+    return {"exit_selection_on_target": summary, "cascade_calibration": calibration, "size_bytes": size,
             **_speed_gate(record, artifact, images, labels, measured=chosen["measured"])}
 
 
