@@ -164,3 +164,19 @@ def test_after_export_chooses_exits_through_the_device_runner(exported, tmp_path
     for i in range(4):  # one image at a time through the rebuilt graph: only the chosen exits are taken
         _, exited, _ = session.classify({"input": images[i:i + 1]})
         assert int(exited[0]) in [*data["cascade"]["graph"]["exits"], 2]
+
+
+def test_the_report_lists_the_exits_tried_on_the_target():
+    from edgevit.report import _cascade_section
+
+    latency = {"mean_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.2}
+    cascade = {"evaluated": True, "images": 10, "data": "test", "artifacts": {"x86-openvino": {
+        "accuracy": 0.7, "full_model_accuracy": 0.71, "exit_histogram": [5, 5], "latency": latency,
+        "full_model_latency": latency, "speedup_mean": 1.4, "where_run": "here",
+        "exits_chosen_on_target": {"kept_blocks_1based": [1], "dropped_blocks_1based": [5],
+                                   "tried": [{"blocks_1based": [1, 5], "speedup_mean": 1.33},
+                                             {"blocks_1based": [5], "speedup_mean": 0.97},
+                                             {"blocks_1based": [1], "speedup_mean": 1.42}]}}}}
+    text = "\n".join(_cascade_section(cascade))
+    assert "x86-openvino: exits chosen on the target: after blocks [1], left out [5]" in text
+    assert "blocks [1, 5]: 1.33x; blocks [5]: 0.97x; blocks [1]: 1.42x" in text
