@@ -65,3 +65,20 @@ def cli():
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch):
     monkeypatch.setenv("TIMM_FUSED_ATTN", os.environ.get("TIMM_FUSED_ATTN", "1"))
+
+
+@pytest.fixture
+def one_graph_run():
+    """(one-graph cascade .onnx, runtime, image) -> run(thresholds) -> (logits, exit taken):
+    the graph run directly in ONNX Runtime or OpenVINO (f32), without the device runner."""
+    def open_graph(graph: Path, runtime: str, x):
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(graph))
+            return lambda t: session.run(None, {"input": x, "exit_thresholds": t})
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(ov.convert_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return lambda t: [compiled({"input": x, "exit_thresholds": t})[i] for i in range(2)]
+    return open_graph

@@ -42,7 +42,7 @@ def _if_nodes(path) -> int:
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_a_graph_without_an_exit_runs_straight_through_it(exported, runtime, tmp_path):
+def test_a_graph_without_an_exit_runs_straight_through_it(exported, runtime, tmp_path, one_graph_run):
     loaded, model, bundle, ctx = exported
     folder = tmp_path / "copy"
     shutil.copytree(bundle.path, folder)
@@ -58,16 +58,7 @@ def test_a_graph_without_an_exit_runs_straight_through_it(exported, runtime, tmp
     x = np.random.default_rng(4).standard_normal((1, *loaded.input_size)).astype(np.float32)
     with torch.no_grad():
         reference = {k: v.numpy() for k, v in forward_all_exits(model, torch.from_numpy(x)).items()}
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(graph))
-        run = lambda t: session.run(None, {"input": x, "exit_thresholds": t})  # noqa: E731
-    else:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(ov.convert_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        run = lambda t: [compiled({"input": x, "exit_thresholds": t})[i] for i in range(2)]  # noqa: E731
+    run = one_graph_run(graph, runtime, x)
     inf = np.inf
     # exit 0 forced open: it is not in the graph, so the sample goes on; exit 1 still leaves
     for thresholds, index, name in [([-inf, inf], 2, "logits"), ([inf, -inf], 1, "exit1_logits"), ([-inf, -inf], 1, "exit1_logits")]:

@@ -71,22 +71,13 @@ def cascade_bundle(tmp_path_factory):
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_one_graph_cascade_returns_each_exit_as_pytorch_does(cascade_bundle, runtime):
+def test_one_graph_cascade_returns_each_exit_as_pytorch_does(cascade_bundle, runtime, one_graph_run):
     loaded, model, bundle = cascade_bundle
     graph = bundle.path / bundle.data["cascade"]["graph"]["file"]
     x = np.random.default_rng(1).standard_normal((1, *loaded.input_size)).astype(np.float32)
     with torch.no_grad():
         reference = {k: v.numpy() for k, v in forward_all_exits(model, torch.from_numpy(x)).items()}
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(graph))
-        run = lambda t: session.run(None, {"input": x, "exit_thresholds": t})  # noqa: E731
-    else:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(ov.convert_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        run = lambda t: [compiled({"input": x, "exit_thresholds": t})[i] for i in range(2)]  # noqa: E731
+    run = one_graph_run(graph, runtime, x)
     inf = np.inf
     for thresholds, index, name in [([-inf, inf], 0, "exit0_logits"), ([inf, -inf], 1, "exit1_logits"), ([inf, inf], 2, "logits")]:
         logits, taken = run(np.array(thresholds, np.float32))

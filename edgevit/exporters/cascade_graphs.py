@@ -141,6 +141,22 @@ def graph_writer_key(bundle_dir: Path) -> str:
     return f"cascade-graph-writer:{Path(bundle_dir).resolve()}"
 
 
+def set_cascade_thresholds(bundle_dir: Path, thresholds: Sequence[float | None],
+                           graph_exits: Sequence[int] | None = None) -> list[float | None]:
+    """bundle.json's exit thresholds (null: never exit there) set after export, and with
+    ``graph_exits`` the exits the one-graph form was rewritten with; returns the old ones."""
+    path = Path(bundle_dir) / "bundle.json"
+    data = json.loads(path.read_text())
+    stages = data["cascade"]["stages"]
+    before = [s["threshold"] for s in stages[:-1]]
+    for stage, t in zip(stages, thresholds):
+        stage["threshold"] = t
+    if graph_exits is not None:
+        data["cascade"]["graph"]["exits"] = list(graph_exits)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return before
+
+
 def publish_reference(bundle_dir: Path) -> Bundle:
     """The cascade bundle in ``bundle_dir`` turned into a plain bundle of its reference
     model (the same network without exits, same precision): the stage files are removed,

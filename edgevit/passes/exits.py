@@ -34,7 +34,8 @@ from edgevit.errors import EdgevitError
 from edgevit.flops import count_call_flops, count_flops
 from edgevit.passes.base import ExportedArtifact, PassContext, PassRecord, register_pass
 from edgevit.artifacts import sha256_file
-from edgevit.exporters.cascade_graphs import publish_reference
+from edgevit.exporters.base import Bundle
+from edgevit.exporters.cascade_graphs import publish_reference, set_cascade_thresholds
 from edgevit.passes.exit_calibration import calibrate, confidence_scores, cumulative_costs, select_exits, to_rule_units
 from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
@@ -402,8 +403,6 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
                    "thresholds": chosen["thresholds"], "holdout_images": len(labels), "exits": chosen["exits"],
                    "holdout_top1_full": chosen["holdout_top1_full"], "holdout_top1_cascade": chosen["holdout_top1"],
                    "exit_rates": chosen["holdout_exit_rates"]}
-    from edgevit.exporters.base import Bundle
-
     # the rewritten graph has no head for a left-out exit: the deployed size changed
     size = Bundle(artifact.bundle_dir, json.loads((artifact.bundle_dir / "bundle.json").read_text())).size_bytes
     return {"exit_selection_on_target": summary, "cascade_calibration": calibration, "size_bytes": size,
@@ -424,27 +423,19 @@ def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, 
     held-out images through the lowered stages on the target, same budget and stage costs."""
     bundle_dir = artifact.bundle_dir
     progress.step(f"re-calibrating the exit thresholds of {bundle_dir.name} on its quantized stages ({len(labels)} held-out images)")
-    outputs = artifact.transport.run(bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
-                                     inputs=images).outputs
-    bundle = json.loads((bundle_dir / "bundle.json").read_text())
-    stages = bundle["cascade"]["stages"]
-    exit_logits = [outputs[s["name"]] for s in stages[:-1]]
+    exit_logits, final_logits = _runtime_logits(artifact, images)
     metrics = record["metrics"]
-    thresholds, result = thresholds_for(exit_logits, outputs[stages[-1]["name"]], labels, record["structure"]["rule"],
+    thresholds, result = thresholds_for(exit_logits, final_logits, labels, record["structure"]["rule"],
                                         record["config"]["max_accuracy_drop"], _deployed_stage_ms(metrics),
                                         metrics["flops_per_stage"], metrics["flops_full_model"])
-    before = [s["threshold"] for s in stages[:-1]]
-    for stage_entry, t in zip(stages, thresholds):
-        stage_entry["threshold"] = t
-    (bundle_dir / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    before = set_cascade_thresholds(bundle_dir, thresholds)
     return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,
                                     "thresholds": thresholds, **result}}
 
 
 def _deployed_stage_ms(metrics: dict[str, Any]) -> list[float]:
     """ms of each deployed stage with its head (from the pass's measured costs)."""
-    costs = metrics["cost_ms"]
-    cumulative = cumulative_costs(np.array(costs["stage_ms"]), np.array(costs["head_ms"]), metrics["exit_selection"]["kept"])
+    cumulative = deployed_cumulative_costs(metrics)(list(range(len(metrics["exit_selection"]["kept"]))))
     return np.diff(cumulative, prepend=0.0).tolist()
 
 

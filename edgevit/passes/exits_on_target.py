@@ -12,7 +12,6 @@ the exit whose removal is fastest, repeat while that does not lose speed.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgevit import progress
+from edgevit.exporters.cascade_graphs import set_cascade_thresholds
 from edgevit.passes.exit_calibration import calibrate, confidence_scores, to_rule_units
 
 # an exit stays only if the cascade with it is at least this much faster than without it:
@@ -79,9 +79,4 @@ def _set_exits(bundle_dir: Path, write_graph, exits: list[int], thresholds: list
     """The bundle's graph with only ``exits`` and bundle.json's thresholds to match (the
     stage sessions, which batches run, never leave at a threshold of null either)."""
     write_graph(exits)
-    path = bundle_dir / "bundle.json"
-    bundle = json.loads(path.read_text())
-    for stage, t in zip(bundle["cascade"]["stages"], thresholds):
-        stage["threshold"] = t
-    bundle["cascade"]["graph"]["exits"] = list(exits)
-    path.write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    set_cascade_thresholds(bundle_dir, thresholds, graph_exits=exits)
