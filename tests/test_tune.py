@@ -401,3 +401,27 @@ def test_a_trial_records_how_much_its_fine_tunes_trained():
                                   "wall_s": 2.5}])
     assert summary == {"images_seen": 384, "epochs": [0.5, 1.0], "stopped_by": ["epochs", "max_minutes"], "wall_s": 62.5}
     assert _fine_tune_cell(summary) == "384 (0.5+1 epochs, stopped by epochs/max_minutes)"
+
+
+def test_a_bench_run_of_one_case_keeps_the_other_cases_rows_with_their_date():
+    """`EDGEVIT_BENCH_TUNE_CASES="DeiT latency"` must not erase the Swin size rows published
+    before; the carried rows say when they were measured, and a second carry keeps that date."""
+    from edgevit.bench.tune import _carry_earlier
+
+    size_row = ["Swin size", "tune (TPE)", 3, 1, "0.8340", "-1.00", "4.34", "2.83", "10.03x", "1294", "8.3"]
+    previous = {"finished_utc": "2026-12-01 06:57 UTC",
+                "tables": [{"title": "Best stack meeting the budget (top-1 within 1 pt of fp32)",
+                            "rows": [size_row, ["DeiT latency", "tune (TPE)"] + ["-"] * 9]}],
+                "figures": ["benchmarks/tune-swin-size.png", "benchmarks/tune-deit-latency.png"],
+                "results": {"swin-size/tune (TPE)": {"chosen": {}}, "deit-latency/tune (TPE)": {}}}
+    rows, workers, figures, results, notes, measured = [], [], [], {}, [], {}
+    _carry_earlier(previous, ["Swin size", "Swin latency"], rows, workers, figures, results, notes, measured)
+    assert rows == [size_row] and workers == []
+    assert figures == ["benchmarks/tune-swin-size.png"] and list(results) == ["swin-size/tune (TPE)"]
+    assert measured == {"Swin size": "2026-12-01 06:57 UTC"}
+    assert "Swin size (2026-12-01 06:57 UTC)" in notes[0] and "Swin latency" not in notes[0]
+
+    later = {**previous, "finished_utc": "2026-12-02 10:00 UTC", "case_measured": measured}
+    again: dict[str, str] = {}
+    _carry_earlier(later, ["Swin size"], [], [], [], {}, [], again)
+    assert again == {"Swin size": "2026-12-01 06:57 UTC"}

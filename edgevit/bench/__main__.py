@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== bench section {name} (cap {cap_s} s)", file=sys.stderr)
         ctx = BenchContext(shared=args.shared, work=args.work / name, cap_s=cap_s,
                            recipes=args.recipes.split(",") if args.recipes else None,
-                           models=args.models.split(",") if args.models else None)
+                           models=args.models.split(",") if args.models else None,
+                           previous=data["sections"].get(name))
         load_before, t0 = load_average(), time.monotonic()
         result = fn(ctx)
         data["sections"][name] = {

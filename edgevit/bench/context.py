@@ -30,6 +30,7 @@ class BenchContext:
     loads: list[float] = field(default_factory=list)
     recipes: list[str] | None = None  # --recipes: restrict the recipe sections to these
     models: list[str] | None = None  # --models: pairs "reference=224-model" or reference folder names
+    previous: dict[str, Any] | None = None  # this section as bench.json last published it (None: never run)
 
     def over_cap(self) -> bool:
         """True once the section's wall-time cap is spent; the section then stops adding rows."""

@@ -146,6 +146,31 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
     return best, met
 
 
+def _carry_earlier(previous: dict[str, Any] | None, left_out: list[str], rows: list, workers_rows: list,
+                   figures: list, results: dict, notes: list, measured: dict[str, str]) -> None:
+    """A case this run leaves out keeps the rows its last published run measured, and says
+    when: a bench run of one case (an hour or more each) must not erase the others. Rows are
+    compared only within a case, and a case's rows all come from one run."""
+    if not previous:
+        return
+    carried = []
+    for case in left_out:
+        slug = case.lower().replace(" ", "-")
+        mine = [r for t in previous.get("tables", []) if t["title"].startswith("Best stack") for r in t["rows"]
+                if r[0] == case]
+        if not mine:
+            continue
+        measured[case] = previous.get("case_measured", {}).get(case, previous.get("finished_utc", "an earlier run"))
+        carried.append(f"{case} ({measured[case]})")
+        rows.extend(mine)
+        workers_rows.extend(r for t in previous.get("tables", []) if t["title"].startswith("Wall time")
+                            for r in t["rows"] if r[0] == case)
+        figures.extend(f for f in previous.get("figures", []) if f == f"benchmarks/tune-{slug}.png")
+        results.update({k: v for k, v in previous.get("results", {}).items() if k.startswith(f"{slug}/")})
+    if carried:
+        notes.append(f"carried from an earlier run, not re-run this time (measured): {', '.join(carried)}")
+
+
 @section("tune", "edgevit tune: searched stacks vs shipped recipes and a grid",
          "`edgevit tune` at a latency budget of 0.5x fp32 and a size budget, max drop 1 pt, accuracy on the CIFAR-10 "
          "reference models (validation split of the training images), latency on the 224x224 model of the family, size "
@@ -154,12 +179,13 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
          cap_s=6 * 3600)
 def run(ctx: BenchContext) -> dict[str, Any]:
     trials, val = _settings()
-    rows, workers_rows, notes, figures, results = [], [], [], [], {}
+    rows, workers_rows, notes, figures, results, measured = [], [], [], [], {}, {}
     bench_dir = Path(ctx.work).parents[1]
     cases = _cases(ctx)
     left_out = [c["case"] for c in CASES if c["case"] not in {k["case"] for k in cases}]
     if left_out:
         notes.append(f"cases not run this time (--models / EDGEVIT_BENCH_TUNE_CASES): {', '.join(left_out)}")
+        _carry_earlier(ctx.previous, left_out, rows, workers_rows, figures, results, notes, measured)
     for case in cases:
         if not (ctx.shared / "models" / case["reference"]).is_dir():
             notes.append(f"{case['case']}: skipped ({case['reference']} not found)")
@@ -206,4 +232,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                        "header": ["case", "workers", "trials", "wall s", "trials/hour", "speed-up"], "rows": workers_rows,
                        "note": "both workers share this machine's 2 cores and the one local device, so timing waits for "
                                "the device lock and competes with the other trial's passes / export."})
-    return {"tables": tables, "results": results, "notes": notes, "figures": figures}
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    measured.update({c["case"]: now for c in cases})
+    return {"tables": tables, "results": results, "notes": notes, "figures": figures, "case_measured": measured}
