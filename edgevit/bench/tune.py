@@ -10,7 +10,8 @@ environment: EDGEVIT_BENCH_TUNE_TRIALS (default 20), EDGEVIT_BENCH_TUNE_VAL (val
 images, default 500), EDGEVIT_BENCH_TUNE_CASES (comma-separated case names, e.g. "Swin size";
 default all); `--models REF=LATENCY_MODEL` and `--recipes` narrow the cases and
 the shipped recipes compared (a tiny check: `--models vit_tiny_c10=vit_tiny_c10`). The size
-case sizes and times the reference model itself.
+case sizes and times the reference model itself. A case left out of a run keeps the rows it
+last published, labelled with when they were measured (one case takes an hour or more).
 """
 from __future__ import annotations
 
