@@ -405,23 +405,26 @@ def test_a_trial_records_how_much_its_fine_tunes_trained():
 
 def test_a_bench_run_of_one_case_keeps_the_other_cases_rows_with_their_date():
     """`EDGEVIT_BENCH_TUNE_CASES="DeiT latency"` must not erase the Swin size rows published
-    before; the carried rows say when they were measured, and a second carry keeps that date."""
+    before; the carried rows say when and how they were measured, and a second carry keeps that."""
     from edgevit.bench.tune import _carry_earlier
 
     size_row = ["Swin size", "tune (TPE)", 3, 1, "0.8340", "-1.00", "4.34", "2.83", "10.03x", "1294", "8.3"]
-    previous = {"finished_utc": "2026-12-01 06:57 UTC",
+    previous = {"finished_utc": "2026-12-01 06:57 UTC",  # as the first runs wrote it: no per-case record
                 "tables": [{"title": "Best stack meeting the budget (top-1 within 1 pt of fp32)",
-                            "rows": [size_row, ["DeiT latency", "tune (TPE)"] + ["-"] * 9]}],
+                            "rows": [size_row, ["DeiT latency", "tune (TPE)"] + ["-"] * 9],
+                            "note": "3 trials per study, 500 validation images drawn from the training split; latency"}],
                 "figures": ["benchmarks/tune-swin-size.png", "benchmarks/tune-deit-latency.png"],
                 "results": {"swin-size/tune (TPE)": {"chosen": {}}, "deit-latency/tune (TPE)": {}}}
     rows, workers, figures, results, notes, measured = [], [], [], {}, [], {}
     _carry_earlier(previous, ["Swin size", "Swin latency"], rows, workers, figures, results, notes, measured)
     assert rows == [size_row] and workers == []
     assert figures == ["benchmarks/tune-swin-size.png"] and list(results) == ["swin-size/tune (TPE)"]
-    assert measured == {"Swin size": "2026-12-01 06:57 UTC"}
+    assert measured == {"Swin size": {"utc": "2026-12-01 06:57 UTC",
+                                      "settings": "3 trials per study, 500 validation images drawn from the training split"}}
     assert "Swin size (2026-12-01 06:57 UTC)" in notes[0] and "Swin latency" not in notes[0]
 
-    later = {**previous, "finished_utc": "2026-12-02 10:00 UTC", "case_measured": measured}
-    again: dict[str, str] = {}
+    later = {**previous, "finished_utc": "2026-12-02 10:00 UTC", "case_measured": measured,
+             "tables": [{**previous["tables"][0], "note": "Swin size: ...; DeiT latency: ..."}]}
+    again: dict[str, dict[str, str]] = {}
     _carry_earlier(later, ["Swin size"], [], [], [], {}, [], again)
-    assert again == {"Swin size": "2026-12-01 06:57 UTC"}
+    assert again == measured

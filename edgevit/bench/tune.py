@@ -148,10 +148,11 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
 
 
 def _carry_earlier(previous: dict[str, Any] | None, left_out: list[str], rows: list, workers_rows: list,
-                   figures: list, results: dict, notes: list, measured: dict[str, str]) -> None:
+                   figures: list, results: dict, notes: list, measured: dict[str, dict[str, str]]) -> None:
     """A case this run leaves out keeps the rows its last published run measured, and says
-    when: a bench run of one case (an hour or more each) must not erase the others. Rows are
-    compared only within a case, and a case's rows all come from one run."""
+    when and with how many trials / validation images: a bench run of one case (an hour or
+    more each) must not erase the others. Rows are compared only within a case, and a
+    case's rows all come from one run."""
     if not previous:
         return
     carried = []
@@ -161,8 +162,8 @@ def _carry_earlier(previous: dict[str, Any] | None, left_out: list[str], rows: l
                 if r[0] == case]
         if not mine:
             continue
-        measured[case] = previous.get("case_measured", {}).get(case, previous.get("finished_utc", "an earlier run"))
-        carried.append(f"{case} ({measured[case]})")
+        measured[case] = _case_settings(previous, case)
+        carried.append(f"{case} ({measured[case]['utc']})")
         rows.extend(mine)
         workers_rows.extend(r for t in previous.get("tables", []) if t["title"].startswith("Wall time")
                             for r in t["rows"] if r[0] == case)
@@ -170,6 +171,17 @@ def _carry_earlier(previous: dict[str, Any] | None, left_out: list[str], rows: l
         results.update({k: v for k, v in previous.get("results", {}).items() if k.startswith(f"{slug}/")})
     if carried:
         notes.append(f"carried from an earlier run, not re-run this time (measured): {', '.join(carried)}")
+
+
+def _case_settings(previous: dict[str, Any], case: str) -> dict[str, str]:
+    """When a published case was measured and with what study size (older runs recorded only
+    the section's finish time, a bare string, and the sizes in the table's note)."""
+    entry = previous.get("case_measured", {}).get(case)
+    if isinstance(entry, dict):
+        return entry
+    note = next((t.get("note", "") for t in previous.get("tables", []) if t["title"].startswith("Best stack")), "")
+    return {"utc": entry or previous.get("finished_utc", "an earlier run"),
+            "settings": note.split(";")[0] if note else "as published then"}
 
 
 @section("tune", "edgevit tune: searched stacks vs shipped recipes and a grid",
@@ -193,6 +205,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             continue
         slug = case["case"].lower().replace(" ", "-")
         metric = case["budget"].split("=")[0]
+        measured[case["case"]] = {"settings": f"{trials} trials per study, {val} validation images"}
         for method, folder, recipe, kw in (
                 ("tune (TPE)", "tpe", case["recipe"], {}),
                 ("grid, same size", "grid", _grid_recipe(case["recipe"], trials, ctx.work), {"sampler": "grid"})):
@@ -223,16 +236,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 walls[k] = summary["bench_wall_s"]
                 workers_rows.append([case["case"], k, small, f"{walls[k]:.0f}", f"{small / walls[k] * 3600:.1f}",
                                      f"{walls[1] / walls[k]:.2f}x"])
+    finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for m in measured.values():
+        m.setdefault("utc", finished)  # the cases run now (carried ones keep their own)
     tables = [{"title": "Best stack meeting the budget (top-1 within 1 pt of fp32)",
                "header": ["case", "method", "trials", "meet budget", "top-1", "vs fp32 (pt)", "p50 ms", "MB",
                           "fp32 / this (budget metric)", "wall s", "trials/hour"], "rows": rows,
-               "note": f"{trials} trials per study, {val} validation images drawn from the training split; "
-                       "latency = p50 on this machine (local target), 2 threads."}]
+               "note": "; ".join(f"{c}: {m['settings']} (measured {m['utc']})" for c, m in measured.items())
+                       + "; validation images are drawn from the training split; latency = p50 on this machine "
+                         "(local target), 2 threads."}]
     if workers_rows:
         tables.append({"title": "Wall time with 1 vs 2 workers (local Ray, one device lock)",
                        "header": ["case", "workers", "trials", "wall s", "trials/hour", "speed-up"], "rows": workers_rows,
                        "note": "both workers share this machine's 2 cores and the one local device, so timing waits for "
                                "the device lock and competes with the other trial's passes / export."})
-    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    measured.update({c["case"]: now for c in cases})
     return {"tables": tables, "results": results, "notes": notes, "figures": figures, "case_measured": measured}
