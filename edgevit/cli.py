@@ -206,6 +206,8 @@ def tune(
     max_drop: float = typer.Option(1.0, help="top-1 points a trial may lose against fp32"),
     trials: int = typer.Option(20, help="finished trials in the study (all workers together)"),
     data: Optional[Path] = typer.Option(None, help="test images: only for the final report of the chosen recipes"),
+    val_data: Optional[Path] = typer.Option(None, help="validation images the model was not trained on, to score trials "
+                                            "(default: --val-images held out of --train-data)"),
     calib_data: Optional[Path] = typer.Option(None),
     resume: bool = typer.Option(False, help="continue the study in --out"),
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL shared by workers (default: sqlite in --out)"),
@@ -213,7 +215,7 @@ def tune(
     ray_address: Optional[str] = typer.Option(None, help="join a Ray cluster (HOST:PORT)"),
     sampler: str = typer.Option("tpe", help="tpe | nsga2 | random | grid"),
     export: Optional[str] = typer.Option(None, help="export profile measured (default: the recipe's first)"),
-    val_images: int = typer.Option(500, help="training images held out to score trials"),
+    val_images: int = typer.Option(500, help="images that score trials (held out of --train-data, or drawn from --val-data)"),
     recovery_pt: float = typer.Option(5.0, help="points fine-tuning may recover: prunes trials whose training-free drop exceeds max-drop + this"),
     stop_on_budget: bool = typer.Option(False, help="stop once a trial meets the budget"),
     keep_artifacts: bool = typer.Option(False, help="keep every trial's model and artifacts (large)"),
@@ -228,7 +230,7 @@ def tune(
 
     summary = run_tune(TuneOptions(
         recipe=recipe, budget=budget, train_data=train_data, out=out, model=model, checkpoint=checkpoint, target=target,
-        max_drop=max_drop, trials=trials, data=data, calib_data=calib_data, resume=resume, storage=storage, workers=workers,
+        max_drop=max_drop, trials=trials, data=data, val_data=val_data, calib_data=calib_data, resume=resume, storage=storage, workers=workers,
         ray_address=ray_address, sampler=sampler, export=export, val_images=val_images, recovery_pt=recovery_pt,
         stop_on_budget=stop_on_budget, keep_artifacts=keep_artifacts, verbose=verbose, latency_model=latency_model,
         max_minutes=max_minutes))

@@ -428,3 +428,35 @@ def test_a_bench_run_of_one_case_keeps_the_other_cases_rows_with_their_date():
     again: dict[str, dict[str, str]] = {}
     _carry_earlier(later, ["Swin size"], [], [], [], {}, [], again)
     assert again == measured
+
+
+def test_val_data_scores_trials_and_leaves_every_training_image_for_training(tmp_path):
+    """--val-data: the validation images come from that folder (seeded, capped by its size)
+    and the whole --train-data stays for fine-tuning; class folders must match."""
+    from edgevit.errors import DataError
+    from edgevit.tune.split import make_split
+
+    train = write_images(tmp_path / "train", per_class=6, size=8)
+    held_out = write_images(tmp_path / "held_out", per_class=3, size=8)
+    count = lambda d: sum(1 for p in d.rglob("*") if p.is_symlink())  # noqa: E731
+    val, rest, manifest = make_split(train, tmp_path / "a", 4, seed=0, val_data=held_out)
+    assert count(val) == 4 and count(rest) == 12
+    assert all(str(p.resolve()).startswith(str(held_out.resolve())) for p in val.rglob("*") if p.is_symlink())
+    assert manifest["val_data"] == str(held_out.resolve()) and manifest["train_images"] == 12
+    val, _, manifest = make_split(train, tmp_path / "b", 100, seed=0, val_data=held_out)
+    assert count(val) == 6 and manifest["val_images"] == 6
+    val, rest, _ = make_split(train, tmp_path / "c", 4, seed=0)  # default: held out of the training images
+    assert count(val) == 4 and count(rest) == 8
+    other = write_images(tmp_path / "other", per_class=2, size=8, classes=["x", "y", "z"])
+    with pytest.raises(DataError, match="--val-data .* differ from --train-data"):
+        make_split(train, tmp_path / "d", 4, seed=0, val_data=other)
+
+
+@pytest.mark.parametrize("same_as", ["--data", "--train-data"])
+def test_val_data_that_is_the_test_or_training_set_is_refused_before_any_trial(cli, write_recipe, train, tmp_path,
+                                                                               same_as):
+    out = tmp_path / "study"
+    extra = ["--val-data", str(train)] + (["--data", str(train)] if same_as == "--data" else [])
+    result = cli(*tune_args(tiny(write_recipe), train, out), *extra)
+    assert result.exit_code == 2 and f"is also {same_as}" in result.output and "fix:" in result.output, result.output
+    assert not (out / "trials").exists() and not (out / "baseline").exists()

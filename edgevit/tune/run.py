@@ -40,6 +40,7 @@ class TuneOptions:
     max_drop: float = 1.0
     trials: int = 20
     data: Path | None = None
+    val_data: Path | None = None  # validation images the model never saw (default: a split of train_data)
     calib_data: Path | None = None
     resume: bool = False
     storage: str | None = None
@@ -139,9 +140,16 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
         model = str(Path(model).expanduser().resolve())  # the chosen recipes run from any folder
     checkpoint = opts.checkpoint or (Path(recipe.model.checkpoint) if recipe.model.checkpoint and not opts.model else None)
     scan_image_folder(opts.train_data, "--train-data")
-    for flag, folder in (("--data", opts.data), ("--calib-data", opts.calib_data)):
+    for flag, folder in (("--data", opts.data), ("--calib-data", opts.calib_data), ("--val-data", opts.val_data)):
         if folder is not None:
             scan_image_folder(folder, flag)
+    if opts.val_data is not None:
+        for flag, folder in (("--data", opts.data), ("--train-data", opts.train_data)):
+            if folder is not None and Path(folder).resolve() == Path(opts.val_data).resolve():
+                raise EdgevitError(f"--val-data {opts.val_data} is also {flag}: "
+                                   + ("the test set must never score trials" if flag == "--data" else
+                                      "trials would be scored on the images they are fine-tuned on"),
+                                   "give held-out validation images (or leave --val-data out: a split of --train-data)")
 
     raw = load_yaml(Path(loaded.path))
     raw.pop("search", None)
@@ -156,7 +164,8 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
               "checkpoint": str(checkpoint) if checkpoint else None, "target": device.url, "device": device.name,
               "export": export, "budget": str(budget), "max_drop": opts.max_drop, "val_images": opts.val_images,
               "train_data": str(Path(opts.train_data).resolve()), "sampler": opts.sampler, "recovery_pt": opts.recovery_pt,
-              "latency_model": opts.latency_model}
+              "latency_model": opts.latency_model,
+              **({"val_data": str(Path(opts.val_data).resolve())} if opts.val_data else {})}  # older studies keep their name
     name = studies.study_identity(fields)
     shared = opts.storage is not None
     storage_url = opts.storage or f"sqlite:///{(opts.out / 'study.db').resolve()}"
@@ -232,7 +241,7 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     from edgevit.tune.workers import Session, run_here, run_on_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    val, train, split = make_split(opts.train_data, opts.out, opts.val_images, recipe.seed)
+    val, train, split = make_split(opts.train_data, opts.out, opts.val_images, recipe.seed, opts.val_data)
     ctx = TrialContext(train_split=str(train), val_split=str(val), export=export, target=device.url,
                        lock=lock, calib_data=str(Path(opts.calib_data).resolve()) if opts.calib_data else None,
                        keep_artifacts=opts.keep_artifacts, verbose=opts.verbose, latency_model=opts.latency_model)
@@ -256,9 +265,10 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
                       deadline=time.monotonic() + 60 * opts.max_minutes if opts.max_minutes else None)
     b = session.baseline
     c = studies.counts(study)
+    scored_on = "--val-data images" if opts.val_data else "held-out training images"
     progress.say("tune:", "bold cyan", f"study {name} ({'resumed, ' if c['finished'] else ''}{c['finished']}/{opts.trials} "
-                 f"trials done); fp32 on {device.name}: top-1 {b['top1']:.4f} on {split['val_images']} held-out training "
-                 f"images, {b['latency_ms']:.3f} ms, {b['size_mb']:.3f} MB; budget {budget} -> "
+                 f"trials done); fp32 on {device.name}: top-1 {b['top1']:.4f} on {split['val_images']} {scored_on}, "
+                 f"{b['latency_ms']:.3f} ms, {b['size_mb']:.3f} MB; budget {budget} -> "
                  + ", ".join(f"{m} <= {v:.4g}" for m, v in session.limits.items()) + f", max drop {opts.max_drop:g} pt",
                  soft_wrap=True)
     if opts.workers > 1 or opts.ray_address:
