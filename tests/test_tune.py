@@ -414,9 +414,15 @@ def test_a_bench_run_of_one_case_keeps_the_other_cases_rows_with_their_date():
                             "rows": [size_row, ["DeiT latency", "tune (TPE)"] + ["-"] * 9],
                             "note": "3 trials per study, 500 validation images drawn from the training split; latency"}],
                 "figures": ["benchmarks/tune-swin-size.png", "benchmarks/tune-deit-latency.png"],
-                "results": {"swin-size/tune (TPE)": {"chosen": {}}, "deit-latency/tune (TPE)": {}}}
+                "results": {"swin-size/tune (TPE)": {"chosen": {}}, "deit-latency/tune (TPE)": {}},
+                "notes": ["Swin size tune (TPE): chosen recipe smallest (trial 2) on the rest of the test set ...",
+                          "DeiT latency held-out tune (TPE): chosen recipe fastest ..."]}
     rows, workers, figures, results, notes, measured = [], [], [], {}, [], {}
     _carry_earlier(previous, ["Swin size", "Swin latency"], rows, workers, figures, results, notes, measured)
+    assert notes[0].startswith("Swin size tune (TPE): chosen recipe smallest")  # its findings travel with its rows
+    notes = notes[1:]
+    _carry_earlier(previous, ["DeiT latency"], [], [], [], {}, carried_notes := [], {})
+    assert not any(n.startswith("DeiT latency held-out") for n in carried_notes)  # another case's notes stay behind
     assert rows == [size_row] and workers == []
     assert figures == ["benchmarks/tune-swin-size.png"] and list(results) == ["swin-size/tune (TPE)"]
     assert measured == {"Swin size": {"utc": "2026-12-01 06:57 UTC",
@@ -456,7 +462,13 @@ def test_val_data_scores_trials_and_leaves_every_training_image_for_training(tmp
 def test_val_data_that_is_the_test_or_training_set_is_refused_before_any_trial(cli, write_recipe, train, tmp_path,
                                                                                same_as):
     out = tmp_path / "study"
-    extra = ["--val-data", str(train)] + (["--data", str(train)] if same_as == "--data" else [])
+    """Also when --val-data is another folder of links to some of the same images."""
+    other = train if same_as == "--train-data" else write_images(tmp_path / "test", per_class=3, size=24, seed=1)
+    links = tmp_path / "links"
+    for cls in ("cat", "dog"):
+        (links / cls).mkdir(parents=True)
+        (links / cls / "a.png").symlink_to(next((other / cls).iterdir()))
+    extra = ["--val-data", str(links)] + (["--data", str(other)] if same_as == "--data" else [])
     result = cli(*tune_args(tiny(write_recipe), train, out), *extra)
-    assert result.exit_code == 2 and f"is also {same_as}" in result.output and "fix:" in result.output, result.output
+    assert result.exit_code == 2 and f"are also in {same_as}" in result.output and "fix:" in result.output, result.output
     assert not (out / "trials").exists() and not (out / "baseline").exists()

@@ -144,12 +144,7 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
         if folder is not None:
             scan_image_folder(folder, flag)
     if opts.val_data is not None:
-        for flag, folder in (("--data", opts.data), ("--train-data", opts.train_data)):
-            if folder is not None and Path(folder).resolve() == Path(opts.val_data).resolve():
-                raise EdgevitError(f"--val-data {opts.val_data} is also {flag}: "
-                                   + ("the test set must never score trials" if flag == "--data" else
-                                      "trials would be scored on the images they are fine-tuned on"),
-                                   "give held-out validation images (or leave --val-data out: a split of --train-data)")
+        _refuse_overlap(opts)
 
     raw = load_yaml(Path(loaded.path))
     raw.pop("search", None)
@@ -284,6 +279,26 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     summary["wall_s"] = time.monotonic() - session.started
     summary["ran_here"] = session.ran_here
     return summary
+
+
+def _refuse_overlap(opts: TuneOptions) -> None:
+    """--val-data shares no image with the test set, the training or the calibration images
+    (compared by resolved file, so a folder of links to the same images is caught too)."""
+    from edgevit.data import scan_image_folder
+
+    def files(folder: Path, flag: str) -> set[Path]:
+        return {Path(p).resolve() for p, _ in scan_image_folder(folder, flag).samples}
+
+    scoring = files(opts.val_data, "--val-data")
+    why = {"--data": "the test set must never score trials",
+           "--train-data": "trials would be scored on images they are fine-tuned on",
+           "--calib-data": "trials would be scored on their calibration images"}
+    for flag, folder in (("--data", opts.data), ("--train-data", opts.train_data), ("--calib-data", opts.calib_data)):
+        shared = scoring & files(folder, flag) if folder is not None else set()
+        if shared:
+            raise EdgevitError(f"--val-data {opts.val_data}: {len(shared)} of its images are also in {flag} {folder} "
+                               f"(e.g. {min(shared)}): {why[flag]}",
+                               "give held-out validation images (or leave --val-data out: a split of --train-data)")
 
 
 def baseline_recipe(raw: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ used by a trial.
 
 Why --val-data: images the model was trained on score compression unfairly. The reference
 vit_tiny_c10 has top-1 0.786 on 500 of its own training images and 0.7396 on the test set,
-and a compressed model loses much of that memorised margin: shipped tome_deit (training-
-free) drops 2.0 pt on those training images where it drops 0.84 pt on the test set (bench
-`tune`, 2026-12-01), so a 1 pt budget judged there refuses stacks that keep it on new images.
+and a compressed model loses much of that memorised margin: shipped tome_deit (with its
+short fine-tune) drops 2.0 pt on those training images where it drops 1.04 pt on the test
+set (README 'edgevit tune'), so a 1 pt budget judged there refuses stacks that keep it on
+new images.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def make_split(train_data: Path, out: Path, n_val: int, seed: int,
                         f"of {n_val} plus training images", "lower --val-images or give more training images")
     picked = set(random.Random(seed).sample(range(len(source.samples)), n_val))
     manifest = {"train_data": str(Path(train_data).resolve()), "seed": seed, "val_images": n_val,
-                "val_data": str(Path(val_data).resolve()) if val_data is not None else None,
                 "train_images": len(folder.samples) - (0 if val_data is not None else n_val),
-                "val_sha256": hashlib.sha256("\n".join(str(source.samples[i][0]) for i in sorted(picked)).encode()).hexdigest()}
+                "val_sha256": hashlib.sha256("\n".join(str(source.samples[i][0]) for i in sorted(picked)).encode()).hexdigest(),
+                **({"val_data": str(Path(val_data).resolve())} if val_data is not None else {})}  # older splits still match
     root = out / "split"
     record = root / "split.json"
     if record.is_file() and json.loads(record.read_text()) == manifest:
