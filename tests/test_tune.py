@@ -173,6 +173,8 @@ def test_study_records_failures_resumes_without_repeats_and_chosen_recipe_reruns
     recipe, out = tiny(write_recipe), tmp_path / "study"
     result = cli(*tune_args(recipe, train, out, "--trials", "2", "--sampler", "grid"))
     assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the warning wraps at the console's width
+    assert "if the model was trained on them" in said and "--val-data DIR" in said
     data = results(out)
     by_value = {t["values"]["passes[0].flops_reduction"]: t for t in data["trials"]}
     failed, done = by_value[0.9], by_value[0.1]

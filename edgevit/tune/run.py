@@ -261,6 +261,10 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     b = session.baseline
     c = studies.counts(study)
     scored_on = "--val-data images" if opts.val_data else "held-out training images"
+    if not opts.val_data and not c["finished"]:
+        progress.warn("trials are scored on images held out of --train-data: if the model was trained on them, every "
+                      "compression's top-1 loss reads larger there than on new images (README 'edgevit tune'); "
+                      "--val-data DIR scores on held-out validation images instead")
     progress.say("tune:", "bold cyan", f"study {name} ({'resumed, ' if c['finished'] else ''}{c['finished']}/{opts.trials} "
                  f"trials done); fp32 on {device.name}: top-1 {b['top1']:.4f} on {split['val_images']} {scored_on}, "
                  f"{b['latency_ms']:.3f} ms, {b['size_mb']:.3f} MB; budget {budget} -> "
