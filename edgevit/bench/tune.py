@@ -39,7 +39,7 @@ CASES = [
     # and the chosen recipes are reported on the other 8000 (--data), which no trial sees
     {"case": "DeiT latency held-out", "reference": "vit_tiny_c10", "latency_model": "deit_small_patch16_224",
      "recipe": "stack_deit", "budget": "latency_ms=0.5x", "shipped": ["tome_deit", "evit_deit", "int8_deit"],
-     "val_from_test": True, "val_images": 2000},  # paired drops on 2000 images: ~0.3 pt standard error
+     "val_from_test": True, "val_images": 2000},  # a drop's standard error: sqrt(share of changed predictions / 2000), ~0.5 pt
     # size: the smallest artifact within 1 pt (the target: >= 10x smaller than fp32),
     # measured on the model the user ships (the reference itself, no latency model): a
     # 1000-class Swin-T 224 carries a 3 MB fp32 classifier the 10-class model does not have
