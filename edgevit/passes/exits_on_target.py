@@ -7,9 +7,9 @@ pays in ONNX Runtime can cost about what it saves in OpenVINO. (Why, in part: th
 plugin does not fuse ops into Snippets kernels inside If bodies, snippets_mark_skipped.cpp.
 vit_tiny_c10, 1 thread, path through the else branch: 4.36 ms as one graph, 4.00 ms as the
 same two halves compiled as two models and chained, 3.69 ms without exits; on swin_tiny_c10
-the two forms cost the same. A chained form of merged stages would win on the ViT: not built.) So, per exported bundle:
-the cascade with all its exits, then with each one left out (its stage runs straight on,
-no head, no If), thresholds re-calibrated for each candidate on the held-out images, each
+the two forms cost the same. A chained form of merged stages would win on the ViT: not
+built.) So, per exported bundle: the cascade with all its exits, then with each one left
+out (its stage runs straight on, no head, no If), thresholds re-calibrated for each candidate on the held-out images, each
 candidate timed by the device runner interleaved with the network without exits; an exit
 stays only if the cascade with it is measurably faster (``KEEP_MARGIN``). Greedy: remove
 the exit whose removal is fastest, repeat while that does not lose speed.

@@ -139,12 +139,11 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())  # the chosen recipes run from any folder
     checkpoint = opts.checkpoint or (Path(recipe.model.checkpoint) if recipe.model.checkpoint and not opts.model else None)
-    scan_image_folder(opts.train_data, "--train-data")
-    for flag, folder in (("--data", opts.data), ("--calib-data", opts.calib_data), ("--val-data", opts.val_data)):
-        if folder is not None:
-            scan_image_folder(folder, flag)
+    scanned = {flag: scan_image_folder(folder, flag) for flag, folder in (
+        ("--train-data", opts.train_data), ("--data", opts.data), ("--calib-data", opts.calib_data),
+        ("--val-data", opts.val_data)) if folder is not None}
     if opts.val_data is not None:
-        _refuse_overlap(opts)
+        _refuse_overlap(scanned)
 
     raw = load_yaml(Path(loaded.path))
     raw.pop("search", None)
@@ -285,23 +284,22 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     return summary
 
 
-def _refuse_overlap(opts: TuneOptions) -> None:
+def _refuse_overlap(scanned: dict[str, Any]) -> None:
     """--val-data shares no image with the test set, the training or the calibration images
-    (compared by resolved file, so a folder of links to the same images is caught too)."""
-    from edgevit.data import scan_image_folder
+    (``scanned``: each given folder as read by scan_image_folder, by flag; compared by
+    resolved file, so a folder of links to the same images is caught too)."""
+    def files(flag: str) -> set[Path]:
+        return {Path(p).resolve() for p, _ in scanned[flag].samples}
 
-    def files(folder: Path, flag: str) -> set[Path]:
-        return {Path(p).resolve() for p, _ in scan_image_folder(folder, flag).samples}
-
-    scoring = files(opts.val_data, "--val-data")
+    scoring = files("--val-data")
     why = {"--data": "the test set must never score trials",
            "--train-data": "trials would be scored on images they are fine-tuned on",
            "--calib-data": "trials would be scored on their calibration images"}
-    for flag, folder in (("--data", opts.data), ("--train-data", opts.train_data), ("--calib-data", opts.calib_data)):
-        shared = scoring & files(folder, flag) if folder is not None else set()
+    for flag in [f for f in why if f in scanned]:
+        shared = scoring & files(flag)
         if shared:
-            raise EdgevitError(f"--val-data {opts.val_data}: {len(shared)} of its images are also in {flag} {folder} "
-                               f"(e.g. {min(shared)}): {why[flag]}",
+            raise EdgevitError(f"--val-data {scanned['--val-data'].root}: {len(shared)} of its images are also in {flag} "
+                               f"{scanned[flag].root} (e.g. {min(shared)}): {why[flag]}",
                                "give held-out validation images (or leave --val-data out: a split of --train-data)")
 
 
