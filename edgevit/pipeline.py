@@ -25,7 +25,7 @@ from edgevit.baseline import Baselines, comparison
 from edgevit.capabilities import runtime
 from edgevit.exporters import ExportContext, LoweringPlan, TargetProfile
 from edgevit.exporters.base import Bundle
-from edgevit.exporters.cascade_graphs import graph_writer_key
+from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.exporters.onnx import OUTPUT_NAME
 from edgevit.flops import model_stats
 from edgevit.layer_kinds import by_kind
@@ -180,7 +180,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
             if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
                 exported = ExportedArtifact(stage / artifact["path"], published_plan.quantized, transport, recipe.profile.threads,
                                             recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache,
-                                            ectx.cache.get(graph_writer_key(stage / artifact["path"])))
+                                            ectx.cache.get(cascade_forms_key(stage / artifact["path"])))
                 warnings += _after_export(records, exported, artifact)
             artifacts.append(artifact)
             profiles[profile.name] = timing

@@ -102,11 +102,22 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
     for name, c in cascade["artifacts"].items():
         chosen = c.get("exits_chosen_on_target")
         if chosen:
-            tried = "; ".join(f"blocks {t['blocks_1based']}: {t['speedup_mean']:.2f}x" for t in chosen["tried"])
+            tried = "; ".join(f"blocks {t['blocks_1based']}: " + (" / ".join(
+                f"{_FORM_SHORT.get(f, f)} {v:.2f}x" for f, v in t["speedup_by_form"].items())
+                if t.get("speedup_by_form") else f"{t['speedup_mean']:.2f}x") for t in chosen["tried"])
             lines += ["", f"- {name}: exits chosen on the target: after blocks {chosen['kept_blocks_1based']}"
                       + (f", left out {chosen['dropped_blocks_1based']}" if chosen["dropped_blocks_1based"] else "")
+                      + (f"; single images run as {chosen['form_meaning']}" if chosen.get("form_meaning") else "")
                       + f" (tried, speed-up on held-out train images: {tried})"]
+            check = chosen.get("chain_check")
+            if chosen.get("form") == "chain" and check:
+                lines.append(f"  - the chained stages checked against the exported stages: max |diff| "
+                             f"{_fmt(check.get('max_abs_diff'), 6)} ({check['metric']}, {check['threshold']}), "
+                             f"{'passed' if check['passed'] else 'FAILED'}, {check['against']}")
     return lines
+
+
+_FORM_SHORT = {"graph": "one graph", "chain": "chained"}
 
 
 def _baseline_latency(report: dict[str, Any]) -> list[str]:

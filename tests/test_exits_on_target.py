@@ -1,6 +1,7 @@
-"""Issue 16: exits chosen on the target. The one-graph cascade rebuilt with a subset of its
-exits (no If, no head for the others), the greedy choice between candidates timed on the
-target, and the pass's after-export step through the real device runner."""
+"""Issue 16: exits chosen on the target. The cascade rebuilt with a subset of its exits (no
+If, no head for the others) as one graph or as chained merged stages, the greedy choice
+between candidates and forms timed on the target, and the pass's after-export step
+through the real device runner."""
 import json
 import shutil
 
@@ -10,7 +11,7 @@ import torch
 
 from edgevit.cascade import attach_exits, forward_all_exits
 from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
-from edgevit.exporters.cascade_graphs import graph_writer_key
+from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
@@ -22,7 +23,7 @@ from edgevit.profiling import LocalTransport, runner_module
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """test_vit with two exits (after blocks 1 and 3), exported for ONNX Runtime with the
-    one-graph form; the export context keeps the graph writer."""
+    one-graph form; the export context keeps the bundle's CascadeForms."""
     loaded = load_model("test_vit")
     model = loaded.model.eval()
     attach_exits(model, head_specs(model, [0, 2], ExitsConfig(), loaded.input_size))
@@ -67,12 +68,25 @@ def test_a_graph_without_an_exit_runs_straight_through_it(exported, runtime, tmp
         np.testing.assert_allclose(logits, reference[name], rtol=1e-3, atol=1e-4)
 
 
-def _fake_target(folder, speedups):
-    """Times the bundle as it is now: the speed-up of the exits its graph has."""
+def _bundle_exits(data) -> tuple[str, tuple[int, ...]]:
+    """(form, exits) of a cascade bundle as bundle.json describes it."""
+    cascade = data["cascade"]
+    if "graph" in cascade:
+        return "graph", tuple(cascade["graph"]["exits"])
+    return "chain", tuple(int(s["name"][len("exit"):-len("_logits")]) for s in cascade["stages"][:-1])
+
+
+def _fake_target(folder, speedups, chain_factor):
+    """Times the bundle as it is now: the speed-up of the exits it has, times
+    ``chain_factor`` in the chained form."""
     def time_cascade():
-        exits = tuple(json.loads((folder / "bundle.json").read_text())["cascade"]["graph"]["exits"])
-        return {"speedup_mean": speedups[exits], "exit_rates": []}
+        form, exits = _bundle_exits(json.loads((folder / "bundle.json").read_text()))
+        return {"speedup_mean": speedups[exits] * (chain_factor if form == "chain" else 1.0), "exit_rates": []}
     return time_cascade
+
+
+def _passing_check(exits):
+    return {"passed": True, "metric": "allclose"}
 
 
 def _held_out(n=2000, seed=0):
@@ -91,53 +105,93 @@ def _held_out(n=2000, seed=0):
 @pytest.mark.parametrize("speedups,kept", [({(0, 1): 1.30, (0,): 1.40, (1,): 1.10}, [0]),   # exit 1 costs more than it saves
                                            ({(0, 1): 1.50, (0,): 1.40, (1,): 1.20}, [0, 1]),  # both pay
                                            ({(0, 1): 1.40, (0,): 1.395, (1,): 1.10}, [0])])   # within the margin: fewer
-def test_an_exit_stays_only_if_the_target_runs_faster_with_it(exported, tmp_path, speedups, kept):
+@pytest.mark.parametrize("chain_factor,form", [(0.95, "graph"), (1.005, "graph"), (1.08, "chain")])  # 1.005: within the margin
+def test_an_exit_stays_only_if_the_target_runs_faster_with_it(exported, tmp_path, speedups, kept, chain_factor, form):
     _, _, bundle, ctx = exported
     folder = tmp_path / "copy"
     shutil.copytree(bundle.path, folder)
-    writer = ctx.cache[graph_writer_key(bundle.path)]
-    written = []
-
-    def write_graph(exits):  # the real writer, into the copy
-        written.append(list(exits))
-        names = writer(exits)
-        for name in names:
-            shutil.copy2(bundle.path / name, folder / name)
-        return names
-
+    forms = ctx.cache[cascade_forms_key(bundle.path)]
     exit_logits, final, labels = _held_out()
-    result = select_exits_on_target(folder, write_graph, _fake_target(folder, speedups), exit_logits, final, labels,
-                                    "confidence", 1.0, lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+    result = select_exits_on_target(folder, forms, _fake_target(folder, speedups, chain_factor), _passing_check, exit_logits,
+                                    final, labels, "confidence", 1.0, lambda exits: np.arange(1, len(exits) + 2, dtype=float))
     assert result["chosen"]["exits"] == kept and result["keep_margin"] == KEEP_MARGIN
+    assert result["chosen"]["form"] == form
     assert [t["exits"] for t in result["tried"]] == [[0, 1], [1], [0]]  # all, then each one left out
+    assert all(set(t["speedup_by_form"]) == {"graph", "chain"} for t in result["tried"])
     data = json.loads((folder / "bundle.json").read_text())
-    assert data["cascade"]["graph"]["exits"] == kept and written[-1] == kept  # the bundle holds the choice
+    assert _bundle_exits(data) == (form, tuple(kept))  # the bundle holds the choice
     thresholds = [s["threshold"] for s in data["cascade"]["stages"]]
-    assert [t is not None for t in thresholds[:2]] == [e in kept for e in (0, 1)] and thresholds[2] is None
-    assert _if_nodes(folder / data["cascade"]["graph"]["file"]) == len(kept)
+    if form == "graph":
+        assert [t is not None for t in thresholds[:2]] == [e in kept for e in (0, 1)] and thresholds[2] is None
+        assert _if_nodes(folder / data["cascade"]["graph"]["file"]) == len(kept)
+    else:
+        assert len(thresholds) == len(kept) + 1 and None not in thresholds[:-1] and thresholds[-1] is None
+        assert data["model_file"] == data["cascade"]["stages"][0]["file"]
+    # nothing left behind: every file in the folder is listed, every listed file is there
+    assert sorted(p.name for p in folder.iterdir() if p.name != "bundle.json") == sorted(data["files"])
     for t in result["tried"]:  # every candidate keeps the budget on the held-out images
         assert t["holdout_top1"] >= t["holdout_top1_full"] - 0.01 - 1e-9
 
 
-def test_after_export_chooses_exits_through_the_device_runner(exported, tmp_path):
-    """The pass's after-export step with the real runner: candidates timed, bundle.json
-    and the graph left consistent, and the runner runs what was chosen."""
+def test_a_chain_that_does_not_match_the_stages_is_not_shipped(exported, tmp_path):
+    _, _, bundle, ctx = exported
+    folder = tmp_path / "copy"
+    shutil.copytree(bundle.path, folder)
+    exit_logits, final, labels = _held_out()
+    failing = lambda exits: {"passed": False, "metric": "allclose", "reason": "max |diff| 3 exceeds atol"}  # noqa: E731
+    result = select_exits_on_target(folder, ctx.cache[cascade_forms_key(bundle.path)],
+                                    _fake_target(folder, {(0, 1): 1.3, (0,): 1.4, (1,): 1.1}, 2.0), failing, exit_logits,
+                                    final, labels, "confidence", 1.0, lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+    assert result["chosen"]["form"] == "graph" and result["chosen"]["chain_check"]["passed"] is False
+    assert all(set(t["speedup_by_form"]) == {"graph"} for t in result["tried"])
+    assert "graph" in json.loads((folder / "bundle.json").read_text())["cascade"]
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "x86-openvino"])
+def test_chained_stages_compute_the_kept_exits_and_nothing_else(exported, tmp_path, target):
+    """The chained form with exit 1 only: two files, the first running blocks 1-3 with exit
+    1's head (exit 0's pruned), matching PyTorch per exit through the device runner."""
+    import onnx
+
+    loaded, model, _, _ = exported
+    ctx = ExportContext(example_input=torch.randn(2, *loaded.input_size))
+    plan = LoweringPlan(cascade={"rule": "confidence", "thresholds": [0.5, 0.5]}, pass_records=[{"kind": "exits", "structure": {}}])
+    profile = load_profile(target)
+    from edgevit.capabilities import runtime
+
+    bundle = runtime(profile.runtime).exporter_class()().export(model, plan, profile, ctx, tmp_path / "bundle")
+    forms = ctx.cache[cascade_forms_key(bundle.path)]
+    forms.write(bundle.path, "chain", [1], [None, 0.9])
+    forms.finish(bundle.path)
+    data = json.loads((bundle.path / "bundle.json").read_text())
+    stages = data["cascade"]["stages"]
+    assert [s["name"] for s in stages] == ["exit1_logits", "logits"] and [s["threshold"] for s in stages] == [0.9, None]
+    assert [s["blocks"] for s in stages] == [[1, 3], [4, len(model.blocks)]]
+    chained = sorted(p for p in ctx.workdir.rglob("chain0.onnx"))[-1]
+    assert not {o for n in onnx.load(str(chained)).graph.node for o in n.output} & {"exit0_logits", "s0/exit_logits"}
+    assert not (bundle.path / "cascade.onnx").exists() and not (bundle.path / "cascade.xml").exists()
+    x = np.random.default_rng(7).standard_normal((3, *loaded.input_size)).astype(np.float32)
+    with torch.no_grad():
+        reference = {k: v.numpy() for k, v in forward_all_exits(model, torch.from_numpy(x)).items()}
+    session = runner_module().open_artifact(str(bundle.path), 1)
+    assert session.graph is None
+    out = session.run({"input": x})
+    for name in ("exit1_logits", "logits"):
+        np.testing.assert_allclose(out[name], reference[name], rtol=1e-3, atol=1e-4)
+
+
+def test_after_export_chooses_exits_and_form_through_the_device_runner(exported, tmp_path):
+    """The pass's after-export step with the real runner: candidates timed in both forms,
+    the chain checked, bundle.json and the files left consistent, and the runner runs what
+    was chosen."""
     loaded, model, bundle, ctx = exported
     folder = tmp_path / "bundle"
     shutil.copytree(bundle.path, folder)
-    writer = ctx.cache[graph_writer_key(bundle.path)]
-
-    def write_graph(exits):
-        names = writer(exits)
-        for name in names:
-            shutil.copy2(bundle.path / name, folder / name)
-        return names
-
     rng = np.random.default_rng(5)
     images = rng.standard_normal((24, *loaded.input_size)).astype(np.float32)
     labels = rng.integers(0, loaded.model.num_classes, 24)
     artifact = ExportedArtifact(folder, False, LocalTransport(), 1, 1, None, {}, None,
-                                {"exits_holdout": (images, labels)}, write_graph)
+                                {"exits_holdout": (images, labels)}, ctx.cache[cascade_forms_key(bundle.path)])
     record = {"structure": {"heads": [{}, {}], "rule": "confidence", "thresholds": [0.5, 0.5]},
               "config": {"max_accuracy_drop": 50.0, "if_slower": "keep"},
               "metrics": {"cost_ms": {"stage_ms": [1.0, 1.0, 1.0], "head_ms": [0.1, 0.1]},
@@ -147,27 +201,44 @@ def test_after_export_chooses_exits_through_the_device_runner(exported, tmp_path
     assert len(chosen["tried"]) >= 3 and sorted(chosen["kept_blocks_1based"] + chosen["dropped_blocks_1based"]) == [1, 3]
     assert added["cascade_gate"]["speedup_mean"] == next(t["speedup_mean"] for t in chosen["tried"]
                                                          if t["blocks_1based"] == chosen["kept_blocks_1based"])
+    for t in chosen["tried"]:  # the chain of the same stages computes the same logits: it is always a candidate
+        assert set(t["speedup_by_form"]) == {"graph", "chain"}
     data = json.loads((folder / "bundle.json").read_text())
-    assert [b for b, e in zip([1, 3], (0, 1)) if e in data["cascade"]["graph"]["exits"]] == chosen["kept_blocks_1based"]
+    form, exits = _bundle_exits(data)
+    assert form == chosen["form"] and [b for b, e in zip([1, 3], (0, 1)) if e in exits] == chosen["kept_blocks_1based"]
     reference = set(data["reference_model"]["files"])
     assert added["size_bytes"] == sum((folder / f).stat().st_size for f in data["files"] if f not in reference)
+    from edgevit.artifacts import sha256_file
+
+    assert added["sha256"] == sha256_file(folder / data["model_file"])
+    assert sorted(p.name for p in folder.iterdir() if p.name != "bundle.json") == sorted(data["files"])
     session = runner_module().open_artifact(str(folder), 1)
-    for i in range(4):  # one image at a time through the rebuilt graph: only the chosen exits are taken
+    n_stages = len(data["cascade"]["stages"])
+    for i in range(4):  # one image at a time through what was chosen: only the chosen exits are taken
         _, exited, _ = session.classify({"input": images[i:i + 1]})
-        assert int(exited[0]) in [*data["cascade"]["graph"]["exits"], 2]
+        taken = int(exited[0])
+        assert taken in ([*exits, 2] if form == "graph" else range(n_stages))
 
 
-def test_the_report_lists_the_exits_tried_on_the_target():
+def test_the_report_lists_the_exits_and_forms_tried_on_the_target():
     from edgevit.report import _cascade_section
 
     latency = {"mean_ms": 1.0, "p50_ms": 1.0, "p90_ms": 1.2}
+    check = {"passed": True, "metric": "allclose", "threshold": {"rtol": 1e-3, "atol": 1e-4}, "max_abs_diff": 2e-6,
+             "against": "the exported stages' outputs on 64 held-out images (exits and final logits)"}
     cascade = {"evaluated": True, "images": 10, "data": "test", "artifacts": {"x86-openvino": {
         "accuracy": 0.7, "full_model_accuracy": 0.71, "exit_histogram": [5, 5], "latency": latency,
         "full_model_latency": latency, "speedup_mean": 1.4, "where_run": "here",
-        "exits_chosen_on_target": {"kept_blocks_1based": [1], "dropped_blocks_1based": [5],
-                                   "tried": [{"blocks_1based": [1, 5], "speedup_mean": 1.33},
-                                             {"blocks_1based": [5], "speedup_mean": 0.97},
-                                             {"blocks_1based": [1], "speedup_mean": 1.42}]}}}}
+        "exits_chosen_on_target": {"kept_blocks_1based": [1], "dropped_blocks_1based": [5], "form": "chain",
+                                   "form_meaning": "chained stages", "chain_check": check,
+                                   "tried": [{"blocks_1based": [1, 5], "speedup_mean": 1.33,
+                                              "speedup_by_form": {"graph": 1.33, "chain": 1.30}},
+                                             {"blocks_1based": [5], "speedup_mean": 0.97,
+                                              "speedup_by_form": {"graph": 0.97, "chain": 0.95}},
+                                             {"blocks_1based": [1], "speedup_mean": 1.52,
+                                              "speedup_by_form": {"graph": 1.42, "chain": 1.52}}]}}}}
     text = "\n".join(_cascade_section(cascade))
-    assert "x86-openvino: exits chosen on the target: after blocks [1], left out [5]" in text
-    assert "blocks [1, 5]: 1.33x; blocks [5]: 0.97x; blocks [1]: 1.42x" in text
+    assert "x86-openvino: exits chosen on the target: after blocks [1], left out [5]; single images run as chained stages" in text
+    assert ("blocks [1, 5]: one graph 1.33x / chained 1.30x; blocks [5]: one graph 0.97x / chained 0.95x; "
+            "blocks [1]: one graph 1.42x / chained 1.52x") in text
+    assert "the chained stages checked against the exported stages: max |diff| 0.000002" in text and "passed" in text

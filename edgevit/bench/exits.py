@@ -23,9 +23,9 @@ from edgevit.capabilities import runtime
 from edgevit.models import load_model
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import cumulative_costs
-from edgevit.exporters.cascade_graphs import graph_writer_key
-from edgevit.passes.exits import (GATE_IMAGES, ExitsConfig, ExitsPass, calibrate_exits, deployed_cumulative_costs, exit_blocks,
-                                  exit_costs, head_specs, holdout_exit_logits, holdout_samples)
+from edgevit.exporters.cascade_graphs import cascade_forms_key
+from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, ExitsConfig, ExitsPass, calibrate_exits, chain_check, deployed_cumulative_costs,
+                                  exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples)
 from edgevit.passes.exits_on_target import select_exits_on_target
 from edgevit.profiling import LocalTransport
 
@@ -83,17 +83,19 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
             transport = LocalTransport()
             time_gate = lambda: transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1,  # noqa: E731
                                               eval_set=gate_set).data["cascade"]
-            deployed = keep
-            if len(keep) > 1:  # as compress does after export: the exits that pay in this runtime
-                chosen = select_exits_on_target(bundle.path, export_ctx.cache[graph_writer_key(bundle.path)], time_gate,
-                                                holdout_exit_logits(model, exits_pass.holdout),
-                                                exits_pass.holdout["logits"].numpy(), exits_pass.holdout["labels"].numpy(),
-                                                metrics["rule"], budget, deployed_cumulative_costs(metrics))
-                gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
-                tried = [{"blocks": [specs[keep[e]].block + 1 for e in t["exits"]], "gate_speedup": t["speedup_mean"]}
-                         for t in chosen["tried"]]
-            else:
-                gate, tried = time_gate(), []
+            # as compress does after export: the exits that pay in this runtime, in the faster single-image form
+            exit_logits = holdout_exit_logits(model, exits_pass.holdout)
+            final_logits = exits_pass.holdout["logits"].numpy()
+            run_stages = lambda x: _stage_logits(transport, bundle.path, x)  # noqa: E731
+            check_images = gate_set["images"][:CHAIN_CHECK_IMAGES]  # the exported stages' outputs, as compress checks
+            chosen = select_exits_on_target(bundle.path, export_ctx.cache[cascade_forms_key(bundle.path)], time_gate,
+                                            chain_check(run_stages, check_images, *run_stages(check_images)),
+                                            exit_logits, final_logits, exits_pass.holdout["labels"].numpy(),
+                                            metrics["rule"], budget, deployed_cumulative_costs(metrics))
+            gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
+            form = chosen["chosen"]["form"]
+            tried = [{"blocks": [specs[keep[e]].block + 1 for e in t["exits"]], "gate_speedup": t["speedup_mean"],
+                      "by_form": t["speedup_by_form"]} for t in chosen["tried"]]
             shipped = "cascade" if gate["speedup_mean"] >= 1.0 else "plain model (speed gate)"
             measured = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
             lat, full = measured["latency"], measured["full_model_latency"]
@@ -103,13 +105,15 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
                          f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
                          "blocks " + ",".join(str(specs[k].block + 1) for k in deployed) + f" ({metrics['rule']}): "
                          + " / ".join(f"{r:.0%}" for r in _taken(measured["exit_rates"], keep, deployed)),
-                         "; ".join(f"{','.join(map(str, t['blocks']))}: {t['gate_speedup']:.2f}x" for t in tried) or "-",
+                         _form_label(form),
+                         "; ".join(f"{','.join(map(str, t['blocks']))}: " + " / ".join(
+                             f"{FORM_SHORT[f]} {v:.2f}x" for f, v in t["by_form"].items()) for t in tried) or "-",
                          f"{lat['cpu_time_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['cpu_time_ms']:.2f}", f"{full['p90_ms']:.2f}",
                          f"{measured['speedup_mean']:.2f}x", f"{metrics['expected_flops_reduction']:.1%}",
                          f"{gate['speedup_mean']:.2f}x: {shipped}"])
             if budget == PATH_BUDGET:
                 paths.append(_path_costs(name, profile.runtime, bundle.path, eval_set["images"][:1], measured))
-            runs.append({"budget_points": budget, "target": target, "exits_kept": deployed, "exits_calibrated": keep,
+            runs.append({"budget_points": budget, "target": target, "exits_kept": deployed, "exits_calibrated": keep, "form": form,
                          "exits_tried_on_target": tried, "thresholds": thresholds,
                          "calibration": metrics, "measured": measured, "gate": {k: gate[k] for k in ("speedup_mean", "exit_rates")},
                          "shipped": shipped})
@@ -123,9 +127,28 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
     return rows
 
 
+FORM_SHORT = {"graph": "one graph", "chain": "chained"}
+
+
+def _form_label(form: str) -> str:
+    return {"graph": "one graph (If)", "chain": "chained stages"}[form]
+
+
+def _stage_logits(transport, bundle_dir, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every exit's and the final logits of the bundle as it is now, through the runner."""
+    import json
+
+    outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=THREADS, batch=1, inputs=images).outputs
+    stages = json.loads((bundle_dir / "bundle.json").read_text())["cascade"]["stages"]
+    return [outputs[s["name"]] for s in stages[:-1]], outputs[stages[-1]["name"]]
+
+
 def _taken(rates: list[float], keep: list[int], deployed: list[int]) -> list[float]:
-    """The runner's exit rates (one per stage of the bundle) for the exits in its graph
-    only: an exit left out of the graph on the target is never taken."""
+    """The runner's exit rates for the deployed exits: one per stage of the bundle, which in
+    the one-graph form still lists the exits left out of its graph (never taken), in the
+    chained form only the deployed ones."""
+    if len(rates) == len(deployed) + 1:
+        return list(rates)
     return [r for k, r in zip([*keep, None], rates) if k is None or k in deployed]
 
 
@@ -144,12 +167,18 @@ def _path_costs(name: str, runtime_name: str, bundle_dir, image: np.ndarray, mea
     costs = runner.cascade_path_costs(session, image, PATH_RUNS, PATH_ROUNDS)
     by_path = {c["path"]: c["cpu_time_ms"] for c in costs}
     rates = measured["exit_rates"]
-    n_exits = len(session.graph_exits)
-    predicted = sum(r * by_path[f"one graph, exit {k} taken"] for k, r in enumerate(rates[:-1]) if k in session.graph_exits) \
-        + rates[-1] * by_path["one graph, nobody exits"]
+    if session.graph is not None:
+        n_exits = len(session.graph_exits)
+        predicted = sum(r * by_path[f"one graph, exit {k} taken"] for k, r in enumerate(rates[:-1]) if k in session.graph_exits) \
+            + rates[-1] * by_path["one graph, nobody exits"]
+        through = by_path["one graph, nobody exits"]
+    else:  # chained stages: leaving at stage k costs stages 0..k
+        n_exits = len(rates) - 1
+        predicted = sum(r * by_path[f"stages 0-{k} chained"] for k, r in enumerate(rates))
+        through = by_path[f"stages 0-{n_exits} chained"]
     return {"model": name, "runtime": runtime_name, "costs": costs, "exit_rates": rates,
             "predicted_mean_ms": predicted, "measured_mean_cpu_ms": measured["latency"]["cpu_time_ms"],
-            "overhead_per_exit_ms": (by_path["one graph, nobody exits"] - by_path["reference (no exits)"]) / n_exits}
+            "overhead_per_exit_ms": (through - by_path["reference (no exits)"]) / max(n_exits, 1)}
 
 
 def _path_rows(results: dict[str, Any]) -> list[list[Any]]:
@@ -220,7 +249,8 @@ def exits_section(ctx: BenchContext) -> dict[str, Any]:
     estimate = _large_model_estimate(results, notes)  # about a minute: worth it even past the cap
     tables = [{"title": f"Cascade vs full model, batch 1, {THREADS} thread ({TEST_IMAGES} CIFAR-10 test images)",
                "header": ["model", "runtime", "budget", "held-out drop (pt)", "top-1 cascade", "top-1 full", "drop (pt)",
-                          "exits taken (per exit, last = final)", "exits tried on the target: gate speed-up",
+                          "exits taken (per exit, last = final)", "single-image form shipped",
+                          "exits tried on the target: gate speed-up per form",
                           "mean CPU ms", "p90 wall ms", "full mean CPU ms",
                           "full p90 wall ms", "speed-up (mean CPU time)", "FLOPs saved (held-out estimate)",
                           f"speed gate ({GATE_IMAGES} held-out train images): what compress ships"],

@@ -100,31 +100,30 @@ def _export_stages(model: nn.Module, ctx: ExportContext, plan: LoweringPlan) -> 
 
 
 def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx: ExportContext, out_dir: Path,
-                         convert: Callable[[Path, str], list[str]], options: dict[str, Any]) -> Bundle:
+                         convert: Callable[[Path, Path, str], list[str]], options: dict[str, Any]) -> Bundle:
     """A cascade bundle for any runtime that loads ONNX-derived graphs: the stage graphs and
     the reference model (the same network without exits, same precision) are produced once
-    per run; ``convert(graph, stem)`` writes one into ``out_dir`` in the runtime's format and
-    returns its file names (the model file first)."""
+    per run; ``convert(graph, folder, stem)`` writes one into ``folder`` in the runtime's
+    format and returns its file names (the model file first)."""
+    from edgevit.exporters.cascade_forms import CascadeForms
     from edgevit.exporters.onnx import lowered_onnx_graph, onnx_io
 
     paths, manifest = cascade_onnx_graphs(model, plan, ctx)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     for path, stage in zip(paths, manifest["stages"]):
-        written = convert(path, path.stem)
+        written = convert(path, out_dir, path.stem)
         stage["file"] = written[0]
         files += written
     if plan.forms.get("exits") == "if_graph":  # plus the stages: batches run them, and the check reads every exit there
-        def rewrite_graph(exits: Sequence[int] | None) -> list[str]:
-            graph = conditional_cascade_graph(paths, plan.cascade["rule"], ctx.scratch("cascade-graph") / "cascade.onnx", exits)
-            return convert(graph, "cascade")
-
-        written = rewrite_graph(None)
+        graph = conditional_cascade_graph(paths, plan.cascade["rule"], ctx.scratch("cascade-graph") / "cascade.onnx")
+        written = convert(graph, out_dir, "cascade")
         manifest["graph"] = {"file": written[0], "thresholds_input": THRESHOLDS_INPUT, "index_output": EXIT_INDEX_OUTPUT,
                              "used_for": "batch 1: the whole cascade in one call, later stages skipped through If"}
         files += written
-        ctx.cache[graph_writer_key(out_dir)] = rewrite_graph
-    reference = convert(lowered_onnx_graph(model, plan, ctx), "reference")
+        ctx.cache[cascade_forms_key(out_dir)] = CascadeForms(list(paths), plan.cascade["rule"], convert,
+                                                             ctx.scratch("cascade-forms"))
+    reference = convert(lowered_onnx_graph(model, plan, ctx), out_dir, "reference")
     inputs, _ = onnx_io(paths[0])
     outputs = [{"name": s["name"]} for s in manifest["stages"]]
     data = bundle_data(profile, ctx, plan.summary_precision, files[0], files + reference, inputs, outputs, options)
@@ -133,26 +132,22 @@ def write_cascade_bundle(model: nn.Module, plan: LoweringPlan, profile: Any, ctx
     return Bundle(out_dir, data).write()
 
 
-def graph_writer_key(bundle_dir: Path) -> str:
-    """Where an export context keeps the function that rewrites a cascade bundle's one-graph
-    form with a subset of its exits (``exits``: indices of the stages' exits; same files),
-    for as long as the run's intermediate graphs exist: exits are chosen per target after
-    export, by timing the candidates there."""
-    return f"cascade-graph-writer:{Path(bundle_dir).resolve()}"
+def cascade_forms_key(bundle_dir: Path) -> str:
+    """Where an export context keeps a cascade bundle's ``CascadeForms`` (rewrites it with a
+    subset of its exits, as one graph or as chained stages) for as long as the run's
+    intermediate graphs exist: exits and form are chosen per target after export, by
+    timing the candidates there."""
+    return f"cascade-forms:{Path(bundle_dir).resolve()}"
 
 
-def set_cascade_thresholds(bundle_dir: Path, thresholds: Sequence[float | None],
-                           graph_exits: Sequence[int] | None = None) -> list[float | None]:
-    """bundle.json's exit thresholds (null: never exit there) set after export, and with
-    ``graph_exits`` the exits the one-graph form was rewritten with; returns the old ones."""
+def set_cascade_thresholds(bundle_dir: Path, thresholds: Sequence[float | None]) -> list[float | None]:
+    """bundle.json's exit thresholds (null: never exit there) set after export; returns the old ones."""
     path = Path(bundle_dir) / "bundle.json"
     data = json.loads(path.read_text())
     stages = data["cascade"]["stages"]
     before = [s["threshold"] for s in stages[:-1]]
     for stage, t in zip(stages, thresholds):
         stage["threshold"] = t
-    if graph_exits is not None:
-        data["cascade"]["graph"]["exits"] = list(graph_exits)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return before
 
@@ -200,29 +195,8 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path, exits: Se
     import onnx
     from onnx import TensorProto, helper
 
-    models = [onnx.load(str(p)) for p in paths]
-    if any(m.functions for m in models):
-        raise ExportError("a stage graph has local functions, which the conditional cascade cannot merge",
-                          "export the cascade as stages (profile export_forms: {exits: stages})")
+    models, stage_nodes, stage_initializers, opsets = _renamed_stages(paths, final_name="final_logits")
     n_exits = len(models) - 1
-    opsets: dict[str, int] = {}
-    stage_nodes, stage_initializers = [], []
-    for k, m in enumerate(models):
-        # features keep their names (stage k+1 reads what stage k writes); each exit's logits
-        # get their own, and the final logits another (the graph's output is "logits")
-        keep = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} - {EXIT_OUTPUT, FINAL_OUTPUT}
-        rename = _prefixer(f"s{k}/", keep, {EXIT_OUTPUT: exit_output_name(k), FINAL_OUTPUT: "final_logits"})
-        for init in m.graph.initializer:
-            init.name = rename(init.name)
-        stage_initializers.append(list(m.graph.initializer))
-        nodes = []
-        for node in m.graph.node:
-            _rename_node(node, rename, f"s{k}/")
-            nodes.append(node)
-        stage_nodes.append(nodes)
-        for o in m.opset_import:
-            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-
     logits_shape = [d.dim_param or d.dim_value for d in models[-1].graph.output[0].type.tensor_type.shape.dim]
     logits_info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, logits_shape)  # noqa: E731
     index_info = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, [])  # noqa: E731
@@ -266,6 +240,82 @@ def conditional_cascade_graph(paths: list[Path], rule: str, out: Path, exits: Se
     onnx.checker.check_model(model, full_check=False)
     onnx.save(model, str(out))
     return out
+
+
+def chained_stage_graphs(paths: list[Path], exits: Sequence[int], folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The cascade of stage graphs ``paths`` as one graph per chosen exit plus the last:
+    the stages between two chosen exits merged into one graph, the heads of the exits left
+    out pruned away. Each is (path, manifest entry without file and threshold): the same
+    stages the runner chains, with fewer host round trips and no head nobody reads. Why a
+    second batch-1 form beside the one graph: OpenVINO's CPU plugin does not fuse inside If
+    bodies (vit_tiny_c10, path through the else branch: 4.36 ms as one graph, 4.00 ms as
+    two chained halves)."""
+    from onnx import helper
+
+    import onnx
+
+    models, stage_nodes, stage_initializers, opsets = _renamed_stages(paths, final_name=FINAL_OUTPUT)
+    n_exits = len(models) - 1
+    if sorted(set(exits)) != list(exits) or not set(exits) <= set(range(n_exits)):
+        raise ExportError(f"chained stages: exits {list(exits)} are not ascending indices in 0..{n_exits - 1}", "a bug: report it")
+    folder.mkdir(parents=True, exist_ok=True)
+    out, start = [], 0
+    for j, end in enumerate([*exits, n_exits]):
+        last = end == n_exits
+        last_graph = models[end].graph
+        # stage ``end``'s outputs under their names in the renamed nodes: features kept, the
+        # exit's logits as exit{end}_logits, the final logits as "logits"
+        outputs = []
+        for value in last_graph.output:
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(value)
+            if value.name == EXIT_OUTPUT:
+                info.name = exit_output_name(end)
+            outputs.append(info)
+        nodes = [n for k in range(start, end + 1) for n in stage_nodes[k]]
+        weights = [w for k in range(start, end + 1) for w in stage_initializers[k]]
+        graph = _graph_of_live_nodes(nodes, weights, f"edgevit_stages_{start}_to_{end}", list(models[start].graph.input), outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                                  producer_name="edgevit")
+        model.ir_version = models[0].ir_version
+        onnx.checker.check_model(model, full_check=False)
+        path = folder / f"chain{j}.onnx"
+        onnx.save(model, str(path))
+        names = [o.name for o in outputs]
+        in_names = [i.name for i in models[start].graph.input]
+        out.append((path, {"inputs": in_names, "outputs": names, "exit_output": None if last else exit_output_name(end),
+                           "name": FINAL_OUTPUT if last else exit_output_name(end), "merged_stages": [start, end]}))
+        start = end + 1
+    return out
+
+
+def _renamed_stages(paths: list[Path], final_name: str) -> tuple[list, list[list], list[list], dict[str, int]]:
+    """The stage graphs loaded with every value name made unique per stage, so their nodes
+    can share one graph: features keep their names (stage k+1 reads what stage k writes),
+    exit k's logits become exit{k}_logits and the final logits ``final_name``. Returns the
+    models, each stage's nodes and weights, and the opsets they need."""
+    import onnx
+
+    models = [onnx.load(str(p)) for p in paths]
+    if any(m.functions for m in models):
+        raise ExportError("a stage graph has local functions, which cannot be merged with the next stage",
+                          "export the cascade as stages (profile export_forms: {exits: stages})")
+    opsets: dict[str, int] = {}
+    stage_nodes, stage_initializers = [], []
+    for k, m in enumerate(models):
+        keep = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} - {EXIT_OUTPUT, FINAL_OUTPUT}
+        rename = _prefixer(f"s{k}/", keep, {EXIT_OUTPUT: exit_output_name(k), FINAL_OUTPUT: final_name})
+        for init in m.graph.initializer:
+            init.name = rename(init.name)
+        stage_initializers.append(list(m.graph.initializer))
+        nodes = []
+        for node in m.graph.node:
+            _rename_node(node, rename, f"s{k}/")
+            nodes.append(node)
+        stage_nodes.append(nodes)
+        for o in m.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    return models, stage_nodes, stage_initializers, opsets
 
 
 def _graph_of_live_nodes(nodes: list, weights: list, name: str, inputs: list, outputs: list):

@@ -159,8 +159,8 @@ class OnnxExporter:
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         from edgevit.exporters.cascade_graphs import write_cascade_bundle
 
-        def copy(graph: Path, stem: str) -> list[str]:
-            shutil.copy2(graph, out_dir / f"{stem}.onnx")
+        def copy(graph: Path, folder: Path, stem: str) -> list[str]:
+            shutil.copy2(graph, folder / f"{stem}.onnx")
             return [f"{stem}.onnx"]
 
         return write_cascade_bundle(model, plan, profile, ctx, out_dir, copy, _options(profile))

@@ -35,8 +35,8 @@ class OpenvinoExporter:
     def _export_cascade(model, plan: LoweringPlan, profile: TargetProfile, ctx: ExportContext, out_dir: Path) -> Bundle:
         from edgevit.exporters.cascade_graphs import write_cascade_bundle
 
-        def convert(graph: Path, stem: str) -> list[str]:
-            _convert(graph, out_dir / f"{stem}.xml", plan)
+        def convert(graph: Path, folder: Path, stem: str) -> list[str]:
+            _convert(graph, folder / f"{stem}.xml", plan)
             return [f"{stem}.xml", f"{stem}.bin"]
 
         return write_cascade_bundle(model, plan, profile, ctx, out_dir, convert, _options(profile, plan))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -69,9 +68,10 @@ class ExportedArtifact:
     data_config: dict[str, Any]
     label_names: list[str] | None
     run_cache: dict[str, Any]  # shared by the artifacts of one run (e.g. images read once)
-    # a cascade bundle's one-graph form rewritten with a subset of its exits (None: the
-    # bundle has no such form, or its intermediate graphs are gone)
-    write_graph: Callable[[Sequence[int] | None], list[str]] | None = None
+    # rewrites a cascade bundle with a subset of its exits, as one graph or chained stages
+    # (edgevit.exporters.cascade_forms.CascadeForms; None: the bundle was not exported
+    # with the one-graph form, or its intermediate graphs are gone)
+    cascade_forms: Any = None
 
 
 class Pass(Protocol):

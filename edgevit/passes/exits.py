@@ -18,7 +18,7 @@ import json
 import random
 import time
 from dataclasses import asdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,7 +35,9 @@ from edgevit.flops import count_call_flops, count_flops
 from edgevit.passes.base import ExportedArtifact, PassContext, PassRecord, register_pass
 from edgevit.artifacts import sha256_file
 from edgevit.exporters.base import Bundle
+from edgevit.exporters.cascade_forms import FORMS
 from edgevit.exporters.cascade_graphs import publish_reference, set_cascade_thresholds
+from edgevit.evaluation import check_outputs
 from edgevit.passes.exit_calibration import calibrate, confidence_scores, cumulative_costs, select_exits, to_rule_units
 from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
@@ -353,7 +355,7 @@ class ExitsPass:
             artifact.run_cache["exits_holdout"] = (load_images(samples, artifact.data_config).numpy(),
                                                    np.array([y for _, y in samples]))
         images, labels = artifact.run_cache["exits_holdout"]
-        if artifact.write_graph is not None and artifact.batch == 1 and len(record["structure"]["heads"]) > 1:
+        if artifact.cascade_forms is not None and artifact.batch == 1:
             return _choose_exits_on_target(record, artifact, images, labels)
         added = _recalibrate_on_runtime(record, artifact, images, labels) if artifact.quantized else {}
         return {**added, **_speed_gate(record, artifact, images, labels)}
@@ -373,16 +375,18 @@ def _runtime_logits(artifact: ExportedArtifact, images: np.ndarray) -> tuple[lis
 
 def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, images: np.ndarray,
                             labels: np.ndarray) -> dict[str, Any]:
-    """The exits that pay in this runtime (``exits_on_target``), thresholds calibrated on
-    the runtime's own outputs, then the speed gate on the chosen cascade's measurement."""
+    """The exits that pay in this runtime and the single-image form that runs them fastest
+    (``exits_on_target``), thresholds calibrated on the runtime's own outputs, then the
+    speed gate on the chosen cascade's measurement."""
     from edgevit.passes.exits_on_target import select_exits_on_target
 
     progress.step(f"choosing the exits of {artifact.bundle_dir.name} on the target ({len(labels)} held-out images)")
     exit_logits, final_logits = _runtime_logits(artifact, images)
     n = min(len(labels), GATE_IMAGES)
     metrics = record["metrics"]
+    check = chain_check(lambda x: _runtime_logits(artifact, x), images, exit_logits, final_logits)
     selection = select_exits_on_target(
-        artifact.bundle_dir, artifact.write_graph, lambda: _time_cascade(artifact, images[:n], labels[:n]),
+        artifact.bundle_dir, artifact.cascade_forms, lambda: _time_cascade(artifact, images[:n], labels[:n]), check,
         exit_logits, final_logits, labels, record["structure"]["rule"], record["config"]["max_accuracy_drop"],
         deployed_cumulative_costs(metrics))
     chosen = selection["chosen"]
@@ -390,23 +394,47 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
                "kept_blocks_1based": [blocks[e] for e in chosen["exits"]],
                "dropped_blocks_1based": [b for e, b in enumerate(blocks) if e not in chosen["exits"]],
-               "thresholds": chosen["thresholds"],
+               "form": chosen["form"], "form_meaning": FORMS[chosen["form"]], "thresholds": chosen["thresholds"],
+               "chain_check": chosen["chain_check"],
                "tried": [{"blocks_1based": [blocks[e] for e in t["exits"]], "speedup_mean": t["speedup_mean"],
+                          "form": t["form"], "speedup_by_form": t["speedup_by_form"],
                           "holdout_drop_points": round((t["holdout_top1"] - t["holdout_top1_full"]) * 100, 3),
                           "holdout_exit_rates": t["holdout_exit_rates"]} for t in selection["tried"]],
                "calibrated_on": "the runtime's outputs of the bundle's stages" if artifact.quantized else
                                 "the runtime's outputs of the bundle's stages (fp32: as PyTorch's within the check)"}
     if summary["dropped_blocks_1based"]:
         progress.step(f"{artifact.bundle_dir.name}: exits after blocks {summary['dropped_blocks_1based']} left out of the "
-                      "one-graph cascade: they did not pay in this runtime")
+                      "cascade: they did not pay in this runtime")
+    progress.step(f"{artifact.bundle_dir.name}: single images run as {FORMS[chosen['form']]}")
     calibration = {"on": summary["calibrated_on"], "thresholds_from_pytorch": record["structure"]["thresholds"],
                    "thresholds": chosen["thresholds"], "holdout_images": len(labels), "exits": chosen["exits"],
                    "holdout_top1_full": chosen["holdout_top1_full"], "holdout_top1_cascade": chosen["holdout_top1"],
                    "exit_rates": chosen["holdout_exit_rates"]}
-    # the rewritten graph has no head for a left-out exit: the deployed size changed
-    size = Bundle(artifact.bundle_dir, json.loads((artifact.bundle_dir / "bundle.json").read_text())).size_bytes
-    return {"exit_selection_on_target": summary, "cascade_calibration": calibration, "size_bytes": size,
+    # the rewritten cascade has no head for a left-out exit (and the chained form other
+    # files): the deployed size and the model file changed
+    bundle = Bundle(artifact.bundle_dir, json.loads((artifact.bundle_dir / "bundle.json").read_text()))
+    return {"exit_selection_on_target": summary, "cascade_calibration": calibration, "size_bytes": bundle.size_bytes,
+            "sha256": sha256_file(artifact.bundle_dir / bundle.data["model_file"]),
             **_speed_gate(record, artifact, images, labels, measured=chosen["measured"])}
+
+
+CHAIN_CHECK_IMAGES = 64  # held-out images a chained form's outputs are compared on with the exported stages'
+
+
+def chain_check(run_stages: Callable[[np.ndarray], tuple[list[np.ndarray], np.ndarray]], images: np.ndarray,
+                exit_logits: list[np.ndarray], final_logits: np.ndarray) -> Callable[[Sequence[int]], dict[str, Any]]:
+    """``check(exits)``: the bundle as it is now (chained stages with those exits), run by
+    ``run_stages`` on the first held-out images, against what the exported stages (checked
+    against PyTorch) computed there: the same graphs merged, so the fp32 row of the check
+    table (the same function) applies at every precision."""
+    n = min(len(images), CHAIN_CHECK_IMAGES)
+
+    def check(exits: Sequence[int]) -> dict[str, Any]:
+        chained_exits, chained_final = run_stages(images[:n])
+        reference = np.concatenate([*(exit_logits[e][:n] for e in exits), final_logits[:n]])
+        record = check_outputs(reference, np.concatenate([*chained_exits, chained_final]), "fp32")
+        return {**record, "against": f"the exported stages' outputs on {n} held-out images (exits and final logits)"}
+    return check
 
 
 def deployed_cumulative_costs(metrics: dict[str, Any]):
