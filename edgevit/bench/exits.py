@@ -84,7 +84,8 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
             time_gate = lambda: transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1,  # noqa: E731
                                               eval_set=gate_set).data["cascade"]
             # as compress does after export: the exits that pay in this runtime, in the faster single-image form
-            exit_logits = holdout_exit_logits(model, exits_pass.holdout)
+            # the heads attached now are the kept ones: their cached tokens only
+            exit_logits = holdout_exit_logits(model, {"tokens": [exits_pass.holdout["tokens"][k] for k in keep]})
             final_logits = exits_pass.holdout["logits"].numpy()
             run_stages = lambda x: _stage_logits(transport, bundle.path, x)  # noqa: E731
             check_images = gate_set["images"][:CHAIN_CHECK_IMAGES]  # the exported stages' outputs, as compress checks
