@@ -102,8 +102,10 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
     for name, c in cascade["artifacts"].items():
         chosen = c.get("exits_chosen_on_target")
         if chosen:
+            from edgevit.exporters.cascade_forms import FORM_SHORT  # here: the report module stays free of torch
+
             tried = "; ".join(f"blocks {t['blocks_1based']}: " + (" / ".join(
-                f"{_FORM_SHORT.get(f, f)} {v:.2f}x" for f, v in t["speedup_by_form"].items())
+                f"{FORM_SHORT.get(f, f)} {v:.2f}x" for f, v in t["speedup_by_form"].items())
                 if t.get("speedup_by_form") else f"{t['speedup_mean']:.2f}x") for t in chosen["tried"])
             lines += ["", f"- {name}: exits chosen on the target: after blocks {chosen['kept_blocks_1based']}"
                       + (f", left out {chosen['dropped_blocks_1based']}" if chosen["dropped_blocks_1based"] else "")
@@ -115,9 +117,6 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
                              f"{_fmt(check.get('max_abs_diff'), 6)} ({check['metric']}, {check['threshold']}), "
                              f"{'passed' if check['passed'] else 'FAILED'}, {check['against']}")
     return lines
-
-
-_FORM_SHORT = {"graph": "one graph", "chain": "chained"}
 
 
 def _baseline_latency(report: dict[str, Any]) -> list[str]:

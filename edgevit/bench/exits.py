@@ -23,9 +23,11 @@ from edgevit.capabilities import runtime
 from edgevit.models import load_model
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import cumulative_costs
+from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, ExitsConfig, ExitsPass, calibrate_exits, chain_check, deployed_cumulative_costs,
-                                  exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples)
+                                  exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples,
+                                  runtime_stage_logits)
 from edgevit.passes.exits_on_target import select_exits_on_target
 from edgevit.profiling import LocalTransport
 
@@ -84,10 +86,9 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
             time_gate = lambda: transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1,  # noqa: E731
                                               eval_set=gate_set).data["cascade"]
             # as compress does after export: the exits that pay in this runtime, in the faster single-image form
-            # the heads attached now are the kept ones: their cached tokens only
-            exit_logits = holdout_exit_logits(model, {"tokens": [exits_pass.holdout["tokens"][k] for k in keep]})
+            exit_logits = holdout_exit_logits(model, exits_pass.holdout)
             final_logits = exits_pass.holdout["logits"].numpy()
-            run_stages = lambda x: _stage_logits(transport, bundle.path, x)  # noqa: E731
+            run_stages = lambda x: runtime_stage_logits(transport, bundle.path, THREADS, 1, x)  # noqa: E731
             check_images = gate_set["images"][:CHAIN_CHECK_IMAGES]  # the exported stages' outputs, as compress checks
             chosen = select_exits_on_target(bundle.path, export_ctx.cache[cascade_forms_key(bundle.path)], time_gate,
                                             chain_check(run_stages, check_images, *run_stages(check_images)),
@@ -128,20 +129,8 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
     return rows
 
 
-FORM_SHORT = {"graph": "one graph", "chain": "chained"}
-
-
 def _form_label(form: str) -> str:
     return {"graph": "one graph (If)", "chain": "chained stages"}[form]
-
-
-def _stage_logits(transport, bundle_dir, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every exit's and the final logits of the bundle as it is now, through the runner."""
-    import json
-
-    outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=THREADS, batch=1, inputs=images).outputs
-    stages = json.loads((bundle_dir / "bundle.json").read_text())["cascade"]["stages"]
-    return [outputs[s["name"]] for s in stages[:-1]], outputs[stages[-1]["name"]]
 
 
 def _taken(rates: list[float], keep: list[int], deployed: list[int]) -> list[float]:

@@ -32,6 +32,7 @@ from edgevit.exporters.cascade_graphs import chained_stage_graphs, conditional_c
 
 FORMS = {"graph": "one graph, early return through If",
          "chain": "chained stages (merged between the kept exits, one runtime call each)"}
+FORM_SHORT = {"graph": "one graph", "chain": "chained"}  # in tables
 
 
 @dataclass

@@ -18,6 +18,7 @@ import json
 import random
 import time
 from dataclasses import asdict
+from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -112,8 +113,8 @@ def holdout_samples(record: dict[str, Any], train_data, label_names) -> list[tup
 
 
 def cache_features(model: nn.Module, samples, blocks: list[int], ctx: PassContext, label: str) -> dict[str, Any]:
-    """Frozen-backbone features of ``samples``: tokens per exit (fp16), final logits and
-    pre-logits, labels."""
+    """Frozen-backbone features of ``samples``: tokens per exit (fp16) and the blocks they
+    come from, final logits and pre-logits, labels."""
     parts: dict[str, list] = {"tokens": [[] for _ in blocks], "logits": [], "pre_logits": [], "labels": []}
     with progress.progress(label, len(samples)) as advance, torch.no_grad():
         for x, y in image_batches(samples, ctx.data_config, 64):
@@ -124,7 +125,8 @@ def cache_features(model: nn.Module, samples, blocks: list[int], ctx: PassContex
             parts["pre_logits"].append(pre.half())
             parts["labels"].append(y)
             advance(len(y))
-    return {"tokens": [torch.cat(t) for t in parts["tokens"]], **{k: torch.cat(parts[k]) for k in ("logits", "pre_logits", "labels")}}
+    return {"tokens": [torch.cat(t) for t in parts["tokens"]], "blocks": list(blocks),
+            **{k: torch.cat(parts[k]) for k in ("logits", "pre_logits", "labels")}}
 
 
 def _train_heads(heads: nn.ModuleList, cache: dict[str, Any], cfg: ExitTrainConfig, seed: int) -> dict[str, Any]:
@@ -152,10 +154,12 @@ def _train_heads(heads: nn.ModuleList, cache: dict[str, Any], cfg: ExitTrainConf
 
 
 def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.ndarray]:
-    """Every attached head's logits on the cached held-out tokens (aligned with the heads)."""
+    """Every attached head's logits on the cached held-out tokens of its block (the heads
+    attached may be a subset of those cached: ``keep_exits``)."""
+    tokens = [holdout["tokens"][holdout["blocks"].index(spec.block)] for spec in exit_specs(model)]
     with torch.no_grad():  # in chunks: a shallow head on a large grid (Swin at 224) would need GBs at once
         return [torch.cat([head(c.float())[0] for c in t.split(256)]).numpy()
-                for head, t in zip(model.edgevit_exits, holdout["tokens"])]
+                for head, t in zip(model.edgevit_exits, tokens)]
 
 
 # rules ``auto`` chooses between, in order of preference on a tie. Neither wins everywhere:
@@ -365,11 +369,15 @@ GATE_IMAGES = 500  # held-out images the exported cascade is timed on against it
 
 
 def _runtime_logits(artifact: ExportedArtifact, images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    return runtime_stage_logits(artifact.transport, artifact.bundle_dir, artifact.threads, artifact.batch, images)
+
+
+def runtime_stage_logits(transport: Any, bundle_dir: Path, threads: int, batch: int,
+                         images: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Every exit's and the final classifier's logits on ``images``, as the runtime computes
-    them through the bundle's stages (on the target)."""
-    outputs = artifact.transport.run(artifact.bundle_dir, runs=0, warmup=0, threads=artifact.threads, batch=artifact.batch,
-                                     inputs=images).outputs
-    stages = json.loads((artifact.bundle_dir / "bundle.json").read_text())["cascade"]["stages"]
+    them through the bundle's stages as they are now (on the target)."""
+    outputs = transport.run(bundle_dir, runs=0, warmup=0, threads=threads, batch=batch, inputs=images).outputs
+    stages = json.loads((bundle_dir / "bundle.json").read_text())["cascade"]["stages"]
     return [outputs[s["name"]] for s in stages[:-1]], outputs[stages[-1]["name"]]
 
 

@@ -32,6 +32,7 @@ from edgevit.passes.exit_calibration import calibrate, confidence_scores, to_rul
 # and at equal speed the cascade with fewer graph boundaries is the simpler one to ship.
 # The chained form likewise replaces the one graph only when at least this much faster.
 KEEP_MARGIN = 1.01
+FORMS_TRIED_LAST = list(FORMS)[-1]  # each candidate is written in every form, in this order
 
 
 def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: Callable[[], dict[str, Any]],
@@ -88,8 +89,8 @@ def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: 
         if current["speedup_mean"] >= best["speedup_mean"] * KEEP_MARGIN:
             break
         current = best
-    # the bundle holds the last form of the last candidate timed: put the chosen one back
-    forms.write(bundle_dir, current["form"], current["exits"], current["thresholds"])
+    if tried[-1] is not current or current["form"] != FORMS_TRIED_LAST:  # the bundle holds the last form timed
+        forms.write(bundle_dir, current["form"], current["exits"], current["thresholds"])
     forms.finish(bundle_dir)
     return {"chosen": current, "tried": tried, "keep_margin": KEEP_MARGIN,
             "how": "greedy removal: each candidate's thresholds calibrated on the held-out images, the cascade rebuilt "

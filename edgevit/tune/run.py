@@ -172,7 +172,7 @@ def tune(opts: TuneOptions) -> dict[str, Any]:
     use_ray = opts.workers > 1 or opts.ray_address is not None
     lock = LockSpec("ray" if use_ray else "file", device.name, str((opts.out / "locks").resolve()))
     with _ray(use_ray, opts) as ray_address:
-        summary = _study(opts, storage, name, raw, recipe, budget, device, export, lock, shared)
+        summary = _study(opts, storage, name, raw, recipe, budget, device, export, lock, shared, scanned)
     summary["ray"] = ray_address
     return summary
 
@@ -225,7 +225,8 @@ def _sampler(kind: str, seed: int, trials: int, search: dict[str, Any]) -> Any:
 
 
 def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], recipe: Any, budget: Any, device: Device,
-           export: str, lock: LockSpec, shared: bool) -> dict[str, Any]:
+           export: str, lock: LockSpec, shared: bool, scanned: dict[str, Any]) -> dict[str, Any]:
+    """``scanned``: the image folders read at start, by flag (not listed again here)."""
     import optuna
 
     from edgevit.tune.output import write_outputs
@@ -235,7 +236,7 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
     from edgevit.tune.workers import Session, run_here, run_on_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    val, train, split = make_split(opts.train_data, opts.out, opts.val_images, recipe.seed, opts.val_data)
+    val, train, split = make_split(scanned["--train-data"], opts.out, opts.val_images, recipe.seed, scanned.get("--val-data"))
     ctx = TrialContext(train_split=str(train), val_split=str(val), export=export, target=device.url,
                        lock=lock, calib_data=str(Path(opts.calib_data).resolve()) if opts.calib_data else None,
                        keep_artifacts=opts.keep_artifacts, verbose=opts.verbose, latency_model=opts.latency_model)

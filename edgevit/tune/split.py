@@ -23,27 +23,29 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgevit.data import scan_image_folder
+from edgevit.data import ImageFolder, scan_image_folder
 from edgevit.errors import DataError
 
 
-def make_split(train_data: Path, out: Path, n_val: int, seed: int,
-               val_data: Path | None = None) -> tuple[Path, Path, dict[str, Any]]:
-    folder = scan_image_folder(train_data, "--train-data")
-    source = scan_image_folder(val_data, "--val-data") if val_data is not None else folder
+def make_split(train_data: Path | ImageFolder, out: Path, n_val: int, seed: int,
+               val_data: Path | ImageFolder | None = None) -> tuple[Path, Path, dict[str, Any]]:
+    """(val folder, train folder, manifest). The folders may be given already scanned (tune
+    reads each once at start, to check them)."""
+    folder = _scanned(train_data, "--train-data")
+    source = _scanned(val_data, "--val-data") if val_data is not None else folder
     if val_data is not None:
         if source.classes != folder.classes:
-            raise DataError(f"--val-data {val_data}: classes {source.classes} differ from --train-data's {folder.classes}",
+            raise DataError(f"--val-data {source.root}: classes {source.classes} differ from --train-data's {folder.classes}",
                             "give a validation folder with the same class folders as the training images")
         n_val = min(n_val, len(source.samples))
     elif n_val >= len(folder.samples):
-        raise DataError(f"--train-data {train_data}: {len(folder.samples)} images, not enough for a validation split "
+        raise DataError(f"--train-data {folder.root}: {len(folder.samples)} images, not enough for a validation split "
                         f"of {n_val} plus training images", "lower --val-images or give more training images")
     picked = set(random.Random(seed).sample(range(len(source.samples)), n_val))
-    manifest = {"train_data": str(Path(train_data).resolve()), "seed": seed, "val_images": n_val,
+    manifest = {"train_data": str(Path(folder.root).resolve()), "seed": seed, "val_images": n_val,
                 "train_images": len(folder.samples) - (0 if val_data is not None else n_val),
                 "val_sha256": hashlib.sha256("\n".join(str(source.samples[i][0]) for i in sorted(picked)).encode()).hexdigest(),
-                **({"val_data": str(Path(val_data).resolve())} if val_data is not None else {})}  # older splits still match
+                **({"val_data": str(Path(source.root).resolve())} if val_data is not None else {})}  # older splits still match
     root = out / "split"
     record = root / "split.json"
     if record.is_file() and json.loads(record.read_text()) == manifest:
@@ -71,3 +73,7 @@ def make_split(train_data: Path, out: Path, n_val: int, seed: int,
             shutil.rmtree(root)
         os.replace(staging, root)
     return root / "val", root / "train", manifest
+
+
+def _scanned(folder: Path | ImageFolder, flag: str) -> ImageFolder:
+    return folder if isinstance(folder, ImageFolder) else scan_image_folder(folder, flag)
