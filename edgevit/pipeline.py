@@ -361,7 +361,7 @@ def _export_check_profile(model, plan, profile: TargetProfile, ectx, stage: Path
     else:
         timing = {k: data.get(k) for k in ("runtime", "runtime_version", "device", "threads", "batch", "runs", "warmup",
                                             "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-                                            "cpu_time_ms", "load_avg", "peak_rss_mb", "where_run")}
+                                            "cpu_time_ms", "input_shapes", "load_avg", "peak_rss_mb", "where_run")}
         if "cascade" in bundle.data:
             timing["path"] = "every stage, no exit taken (worst case); the cascade's measured latency is in report.cascade"
         if baseline is not None:

@@ -77,6 +77,31 @@ def test_openvino_ir_through_the_runner(matmul_onnx, tmp_path):
     np.testing.assert_allclose(next(iter(result.outputs.values())), x @ w + b, rtol=1e-5)
     assert result.data["runtime"] == "openvino"
     assert result.data["executed"]["precision"] == "fp32"
+    # timed with the batch fixed (as benchmark_app -shape does); the 3-image check ran as exported
+    assert result.data["input_shapes"] == "fixed to the timed inputs"
+    onnx_result = LocalTransport().run(path, runs=3, warmup=0, threads=1, batch=1)
+    assert onnx_result.data["input_shapes"] == "as exported"
+
+
+def test_openvino_runs_fixed_shapes_only_for_the_shapes_prepared(matmul_onnx, tmp_path):
+    import openvino as ov
+
+    path, w, b = matmul_onnx
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "model.xml"), compress_to_fp16=False)
+    session = runner_module().open_artifact(str(tmp_path / "model.xml"), 1)
+    one = {"input": np.ones((1, 4), np.float32)}
+    assert session.prepare(one) and session.prepare(one) and len(session.fixed) == 1  # compiled once
+    fixed = next(iter(session.fixed.values()))
+    assert all(not port.get_partial_shape().is_dynamic for port in fixed.model_inputs)
+    np.testing.assert_allclose(session.run(one)["logits"], one["input"] @ w + b, rtol=1e-5)
+    x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)  # another batch: the model as exported
+    np.testing.assert_allclose(session.run({"input": x})["logits"], x @ w + b, rtol=1e-5, atol=1e-6)
+    assert len(session.fixed) == 1
+    static = tmp_path / "static.xml"  # a model without a dynamic input has nothing to fix
+    model = ov.convert_model(str(path))
+    model.reshape([1, 4])
+    ov.save_model(model, str(static), compress_to_fp16=False)
+    assert not runner_module().open_artifact(str(static), 1).prepare(one)
 
 
 def test_runner_reports_errors_as_json(tmp_path):
