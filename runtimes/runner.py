@@ -348,9 +348,9 @@ class OvSession(_Session):
         """A copy of the model compiled with its inputs fixed to these feeds' shapes, used by
         every later call with those shapes (others run the model as exported). Why: the CPU
         plugin runs a dynamic-batch model with shape inference and dynamic kernels on every
-        call, and does not fuse across an If when shapes are dynamic. At batch 1, 1 thread,
-        static shapes ran swin_tiny_c10 19 % and vit_tiny_c10 4 % faster, and an exit
-        cascade's one graph 12-14 % faster; benchmark_app (-shape) also times static shapes."""
+        call. At batch 1, 1 thread, fixed shapes ran swin_tiny_c10 19 % and vit_tiny_c10 4 %
+        faster, and an exit cascade's one graph 14 % faster where nobody exits (README, "Fixed
+        shapes where timed"); benchmark_app (-shape) also times fixed shapes."""
         key = _shape_key(feeds)
         if key in self.fixed:
             return True

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgevit.bench.context import BenchContext, section
-from edgevit.bench.timing import interleaved, summary
+from edgevit.bench.timing import interleaved, session_call, summary
 from edgevit.exporters.base import ExportContext, LoweringPlan
 from edgevit.exporters.litert import convert_tflite
 from edgevit.profiling import runner_module
@@ -64,7 +64,7 @@ def _time(paths: dict[str, Path], x: torch.Tensor, rounds: int, per_round: int) 
         for name, path in paths.items():
             session = runner.open_artifact(str(path), threads)
             feeds = {session.inputs[0][0]: x.numpy()}
-            fns[name] = (lambda s=session, f=feeds: s.run(f))
+            fns[name] = session_call(session, feeds)
         return fns
 
     wall = interleaved(build(2), rounds, per_round)

@@ -19,6 +19,7 @@ import torch
 
 from edgevit import plots, resources
 from edgevit.bench.context import BenchContext, section
+from edgevit.bench.timing import session_call
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, nncf_weight_compression, ort_quantize_static
 from edgevit.bench.runs import published_top1, shipped_recipe_run
 from edgevit.bench.variants import time_variants
@@ -54,7 +55,7 @@ def _time(variants: dict[str, Path]) -> dict[str, dict[str, Any]]:
             session = runner.open_artifact(str(folder), threads)
             shape = [1 if not isinstance(d, int) or d <= 0 else d for d in session.inputs[0][1]]
             feeds = {session.inputs[0][0]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-            fns[name] = (lambda s=session, f=feeds: s.run(f))
+            fns[name] = session_call(session, feeds)
         return fns
 
     return time_variants(build, ROUNDS, WALL_PER_ROUND, cpu_per_round=CPU_PER_ROUND)

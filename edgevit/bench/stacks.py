@@ -22,7 +22,7 @@ from edgevit.bench.context import BenchContext, section
 from edgevit.bench.peers import artifact_size, artifact_top1, calibration_images, nncf_int8, ort_quantize_static
 from edgevit.bench.peak import benchmark_app_ms, int8_gemm_peak
 from edgevit.bench.runs import published_top1, shipped_recipe_run
-from edgevit.bench.timing import interleaved, summary
+from edgevit.bench.timing import interleaved, session_call, summary
 from edgevit.layer_kinds import by_kind, kind_cells
 from edgevit.profiling import runner_module
 
@@ -73,7 +73,7 @@ def _time(paths: dict[str, Path]) -> dict[str, Any]:
     for key, path in paths.items():
         session = runner.open_artifact(str(path), 1)
         feeds = _feeds(session)
-        fns[key] = (lambda s=session, f=feeds: s.run(f))
+        fns[key] = session_call(session, feeds)
     torch.set_num_threads(1)
     samples = interleaved(fns, ROUNDS, PER_ROUND, cpu_time=True)
     torch.set_num_threads(2)

@@ -21,6 +21,16 @@ class Samples:
     cpu_ms: list[float] = field(default_factory=list)
 
 
+def session_call(session: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    """One inference of a device-runner session as a timed callable. The session first
+    fixes its input shapes to these feeds where its runtime specializes on them (OpenVINO),
+    as the runner does before it times and as benchmark_app -shape does."""
+    prepare = getattr(session, "prepare", None)  # a runtime plugin's session may not have it
+    if prepare is not None:
+        prepare(feeds)
+    return lambda: session.run(feeds)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 3,
                 cpu_time: bool = False) -> dict[str, Samples]:
     """Run every fn ``rounds * per_round`` times, interleaved; rotate the order each round."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from edgevit.bench.timing import interleaved, summary
+from edgevit.bench.timing import interleaved, session_call, summary
 from edgevit.models import load_model_folder
 from edgevit.profiling import runner_module
 
@@ -32,7 +32,7 @@ def artifact_variants(run_dir: Path, threads: int, prefix: str = "", eager: bool
     for runtime, profile in RUNTIMES.items():
         session = runner.open_artifact(str(run_dir / "artifacts" / profile), threads)
         feeds = {session.inputs[0][0]: x.numpy()}
-        fns[f"{prefix}{runtime}"] = (lambda s=session, f=feeds: s.run(f))
+        fns[f"{prefix}{runtime}"] = session_call(session, feeds)
     return fns
 
 
