@@ -169,3 +169,24 @@ def test_bench_section_on_a_tiny_setting(tmp_path):
     rows = latency_rows(*SWINS["v1"], {"ratio 0.5": {"ratio": 0.5}}, ctx, results, notes, rounds=2, per_round=2)
     assert len(rows) == 4 and not notes  # 2 variants x 2 runtimes
     assert results["latency"]["mlp_tokens_per_block"]["ratio 0.5"] == [128, 128, 32, 32, 8, 8]
+
+
+def test_bench_accuracy_rows_report_training_free_and_fine_tuned(tmp_path):
+    """The swin_tokens section's top-1 table: each strength training-free and after the short
+    fine-tune, on the same images, with the fine-tune's epochs and wall time."""
+    from conftest import write_images
+    from edgevit.bench.swin_tokens import accuracy_rows
+
+    loaded = _load("v1")
+    save_model_folder(loaded, loaded.model, [], tmp_path / "swin")
+    test = write_images(tmp_path / "test", per_class=3, size=32)
+    train = write_images(tmp_path / "train", per_class=4, size=32, seed=1)
+    results = {}
+    finetune = {"epochs": 1, "lr": 1e-4, "batch_size": 4, "max_images": 8}
+    rows = accuracy_rows(tmp_path / "swin", test, {"ratio 0.5": {"ratio": 0.5}}, None, 0, results, train, finetune)
+    assert [r[1] for r in rows] == ["unpatched", "ratio 0.5"] and rows[1][5] != "-" and "ep x 8 img" in rows[1][7]
+    acc = results["accuracy"]
+    assert set(acc["top1"]) == {"unpatched", "ratio 0.5", "ratio 0.5|fine-tuned"} and acc["n"] == 6
+    assert acc["training"]["ratio 0.5"]["steps"] == 2 and acc["finetune"] == finetune
+    free = accuracy_rows(tmp_path / "swin", test, {"ratio 0.5": {"ratio": 0.5}}, None, 0, {}, None, finetune)
+    assert free[1][5] == "-" and free[1][7] == "-"  # no training images: training-free only

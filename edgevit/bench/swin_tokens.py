@@ -11,6 +11,7 @@ import torch
 
 from edgevit.accuracy import measure_top1, torch_predictor
 from edgevit.bench.context import BenchContext, section
+from edgevit.bench.tokens import FINETUNE
 from edgevit.bench.variants import RUNTIMES, artifact_variants, time_variants
 from edgevit.data import scan_image_folder
 from edgevit.models import load_model
@@ -28,6 +29,8 @@ STRENGTHS: dict[str, dict[str, Any]] = {
 }
 LATENCY_MODEL, LATENCY_ARGS = "swin_tiny_patch4_window7_224", {}
 ACCURACY_FOLDER, ACCURACY_N, ACCURACY_SEED = "swin_tiny_c10", 2000, 0
+# the tokens section's short fine-tune (distillation from the unpatched model), capped in wall time
+SWIN_FINETUNE = {**FINETUNE, "max_minutes": 5}
 RECIPE = ("name: bench_swin_tokens\nexports: [x86-onnxruntime, x86-openvino]\nevaluation: {{check_batch: 2}}\n"
           "profile: {{runs: 3, warmup: 1, baseline: false}}\nmodel: {{model_args: {args}}}\npasses: {passes}\n")
 
@@ -37,24 +40,34 @@ def _passes(cfg: dict[str, Any] | None) -> str:
 
 
 def accuracy_rows(folder: Path, data: Path, strengths: dict[str, dict[str, Any]], n: int | None, seed: int,
-                  results: dict[str, Any]) -> list[list[Any]]:
+                  results: dict[str, Any], train: Path | None = None, finetune: dict[str, Any] | None = None) -> list[list[Any]]:
+    """Top-1 of each strength training-free and, with ``train`` and ``finetune``, after the
+    fine-tune (distilled from the unpatched model), all on the same images."""
     test = scan_image_folder(data)
     base = load_model(str(folder))
     cfg = base.data_config()
-    pctx = PassContext(seed=0, input_size=base.input_size, data_config=cfg, label_names=base.label_names)
+    pctx = PassContext(seed=0, input_size=base.input_size, data_config=cfg, label_names=base.label_names,
+                       teacher=base.model, train_data=train)
     predictors = {"unpatched": torch_predictor(base.model)}
-    records = {}
+    records, training = {}, {}
     for label, kw in strengths.items():
         model, records[label] = SwinMergePass().apply(copy.deepcopy(base.model), SwinMergeConfig(**kw), pctx)
         predictors[label] = torch_predictor(model)
+        if train is not None and finetune is not None:
+            tuned, record = SwinMergePass().apply(copy.deepcopy(base.model), SwinMergeConfig(**kw, finetune=finetune), pctx)
+            predictors[f"{label}|fine-tuned"], training[label] = torch_predictor(tuned), record.training
     # one pass over the images for every variant: the same decoded batches, no rerun spread
     measured = measure_top1(predictors, test, n, seed, cfg, 50, base.label_names)
     top1 = measured["top1"]
-    rows = [[folder.name, "unpatched", "0.0 %", f"{top1['unpatched']:.4f}", "+0.00", measured["n"]]]
+    rows = [[folder.name, "unpatched", "0.0 %", f"{top1['unpatched']:.4f}", "+0.00", "-", "-", "-", measured["n"]]]
     for label in strengths:
+        tuned, t = top1.get(f"{label}|fine-tuned"), training.get(label)
         rows.append([folder.name, label, f"{records[label].metrics['flops_reduction']:.1%}", f"{top1[label]:.4f}",
-                     f"{100 * (top1[label] - top1['unpatched']):+.2f}", measured["n"]])
-    results["accuracy"] = {"n": measured["n"], "seed": seed, "top1": top1,
+                     f"{100 * (top1[label] - top1['unpatched']):+.2f}",
+                     "-" if tuned is None else f"{tuned:.4f}", "-" if tuned is None else f"{100 * (tuned - top1['unpatched']):+.2f}",
+                     "-" if t is None else f"{t['epochs']:.2f} ep x {t['images_per_epoch']} img, {t['wall_s']:.0f} s ({t['stopped_by']})",
+                     measured["n"]])
+    results["accuracy"] = {"n": measured["n"], "seed": seed, "top1": top1, "training": training, "finetune": finetune,
                            "flops_reduction": {k: r.metrics["flops_reduction"] for k, r in records.items()}}
     return rows
 
@@ -95,10 +108,13 @@ def latency_rows(name: str, model_args: dict[str, Any], strengths: dict[str, dic
 
 @section("swin_tokens", "Token merging on Swin: swin_merge",
          f"{ACCURACY_FOLDER} (CIFAR-10 test, a seeded {ACCURACY_N}-image subset, seed {ACCURACY_SEED}): top-1 training-free at "
-         f"each strength, all variants on the same images. {LATENCY_MODEL} at 224x224 (random weights): each export vs the "
-         "unpatched export of the same runtime, batch 1, interleaved; CPU time of the process at 1 thread and wall-clock at "
-         "2 threads, p50; speed-up = unpatched / patched. FLOPs counted on the PyTorch model.",
-         cap_s=1500)
+         f"each strength and after the short fine-tune ({SWIN_FINETUNE['epochs']} epoch of {SWIN_FINETUNE['max_images']} seeded "
+         f"training images, distilled from the unpatched model, lr {SWIN_FINETUNE['lr']}, 2 threads, capped at "
+         f"{SWIN_FINETUNE['max_minutes']} min), all variants on the same images. {LATENCY_MODEL} at 224x224 (random weights): "
+         "each export vs the unpatched export of the same runtime, batch 1, interleaved, input shapes fixed to one image (the "
+         "runner's prepare); CPU time of the process at 1 thread and wall-clock at 2 threads, p50; speed-up = unpatched / "
+         "patched. FLOPs counted on the PyTorch model.",
+         cap_s=2400)
 def swin_tokens_section(ctx: BenchContext) -> dict[str, Any]:
     ctx.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
@@ -106,12 +122,17 @@ def swin_tokens_section(ctx: BenchContext) -> dict[str, Any]:
     notes: list[str] = []
     folder, data = ctx.shared / "models" / ACCURACY_FOLDER, ctx.shared / "data" / "cifar10" / "test"
     if folder.is_dir() and data.is_dir():
-        acc = accuracy_rows(folder, data, STRENGTHS, ACCURACY_N, ACCURACY_SEED, results)
+        train = ctx.shared / "data" / "cifar10" / "train"
+        acc = accuracy_rows(folder, data, STRENGTHS, ACCURACY_N, ACCURACY_SEED, results,
+                            train if train.is_dir() else None, SWIN_FINETUNE)
+        if not train.is_dir():
+            notes.append("CIFAR-10 train not found: fine-tuned rows skipped")
     else:
         acc = []
         notes.append(f"{ACCURACY_FOLDER} or CIFAR-10 test not found: accuracy rows skipped")
-    tables = [{"title": f"Top-1 of {ACCURACY_FOLDER} with swin_merge, training-free",
-               "header": ["model", "variant", "FLOPs removed (counted)", "top-1", "vs unpatched (pt)", "images"], "rows": acc},
+    tables = [{"title": f"Top-1 of {ACCURACY_FOLDER} with swin_merge, training-free and after the short fine-tune",
+               "header": ["model", "variant", "FLOPs removed (counted)", "top-1 training-free", "vs unpatched (pt)",
+                          "top-1 fine-tuned", "vs unpatched (pt)", "fine-tune", "images"], "rows": acc},
               {"title": f"Latency of the swin_merge export, {LATENCY_MODEL}, batch 1",
                "header": ["model", "variant", "runtime", "FLOPs", "FLOPs removed", "CPU ms 1 thread", "speed-up 1 thread",
                           "wall ms 2 threads", "speed-up 2 threads"],
