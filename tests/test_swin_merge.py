@@ -120,6 +120,7 @@ def test_export_matches_pytorch_without_scatter_at_any_batch(arch, match):
     path = export_onnx_graph(model, ExportContext(example_input=x), LoweringPlan(opset=18))
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert not ops & {"ScatterElements", "ScatterND"}  # the one form is TensorRT-ready
+    assert "GatherElements" not in ops  # whole rows gathered (take_rows), no index broadcast to every channel
     session = ort.InferenceSession(str(path))
     # f32 hint: on a CPU with AVX-512 BF16, OpenVINO runs an "fp32" model in bf16 by default
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
