@@ -356,8 +356,8 @@ class OvSession(_Session):
             return True
         if not any(port.get_partial_shape().is_dynamic for port in self.model.inputs):
             return False
-        model = self.model.clone()
         try:
+            model = self.model.clone()
             model.reshape(dict((name, list(np.shape(value))) for name, value in feeds.items()))
             compiled = self.core.compile_model(model, "CPU", self.config)
         except Exception:  # a graph that cannot take fixed shapes runs as exported
@@ -368,7 +368,8 @@ class OvSession(_Session):
     def run(self, feeds):
         request = self.fixed.get(_shape_key(feeds), self.request) if self.fixed else self.request
         result = request.infer(feeds)
-        return dict((port.get_any_name(), np.array(value)) for port, value in result.items())
+        # by position: a copy compiled for fixed shapes may name a port by another of its tensor names
+        return dict(zip(self.output_names, (np.array(value) for value in result.values())))
 
     op_times_reusable = True  # PERF_COUNT counters are per request and per inference
 
@@ -376,9 +377,10 @@ class OvSession(_Session):
         """Mean ms per inference in each executed layer type ("Layer@precision"), from the
         CPU plugin's own counters (needs profile_ops: PERF_COUNT)."""
         totals = {}
+        request = self.fixed.get(_shape_key(feeds), self.request)  # the model that was timed
         for _ in range(runs):
-            self.request.infer(feeds)
-            for info in self.request.profiling_info:
+            request.infer(feeds)
+            for info in request.profiling_info:
                 if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
                     precision = OV_PRECISIONS.get(info.exec_type.rsplit("_", 1)[-1].lower(), "fp32")
                     key = "{}@{}".format(info.node_type, precision)
@@ -397,6 +399,12 @@ class OvSession(_Session):
                 counts[key] = counts.get(key, 0) + 1
         hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         return {"compute_ops": counts, "inference_precision_hint": hint}
+
+
+def prepare(session, feeds):
+    """``session.prepare(feeds)``; False for a session class (e.g. a runtime plugin's) without it."""
+    method = getattr(session, "prepare", None)
+    return bool(method(feeds)) if method is not None else False
 
 
 def _shape_key(feeds):
@@ -754,19 +762,22 @@ class CascadeSession(object):
         return {"compute_ops": counts}
 
     def prepare(self, feeds):
-        """Fixed shapes where the runtime has them (``_Session.prepare``): for a single
-        image the one graph and every stage (a batch of one stays one or leaves); for a
-        batch only the first stage, since the later ones see the batch compacted."""
+        """Fixed shapes where the runtime has them (``_Session.prepare``): every stage at
+        this batch (a single image stays one or leaves; a larger batch keeps these shapes
+        until someone leaves, and compacted batches run as exported) and, for a single image,
+        the one graph. True when what times this batch runs fixed: the one graph for a
+        single image when the bundle has it, else every stage."""
         batch = len(next(iter(feeds.values())))
-        fixed = self.graph.prepare(dict(feeds, **self.graph_feeds)) if self.graph is not None and batch == 1 else False
-        current = feeds
+        stages_fixed, current = True, feeds
         for stage, session in zip(self.stages, self.sessions):
-            fixed = session.prepare(current) or fixed
-            if batch > 1 or stage["exit_output"] is None:
+            stages_fixed = prepare(session, current) and stages_fixed
+            if stage["exit_output"] is None:
                 break
             out = session.run(current)
             current = dict((name, out[name]) for name in stage["outputs"] if name != stage["exit_output"])
-        return fixed
+        if self.graph is not None and batch == 1:
+            return prepare(self.graph, dict(feeds, **self.graph_feeds))
+        return stages_fixed
 
     def leaves(self, logits, threshold):
         if threshold is None:
@@ -858,12 +869,17 @@ def evaluate_cascade(session, images, labels, batch):
     warm = {name: images[:batch].astype(np.float32)}
     fixed = session.prepare(warm)
     if reference is not None:
-        fixed = reference.prepare({reference.inputs[0][0]: warm[name]}) and fixed
-    for _ in range(WARMUP_EVAL):  # every stage session and the reference start warm (lazy init, caches)
-        session.run(warm)
-        session.classify(warm)
-        if reference is not None:
-            reference.run({reference.inputs[0][0]: warm[name]})
+        fixed = prepare(reference, {reference.inputs[0][0]: warm[name]}) and fixed
+    # every stage session and the reference start warm (lazy init, caches), also for the
+    # shape of a last, smaller batch
+    tail = len(images) % batch
+    warm_feeds = [warm] + ([{name: images[-tail:].astype(np.float32)}] if tail else [])
+    for _ in range(WARMUP_EVAL):
+        for feeds in warm_feeds:
+            session.run(feeds)
+            session.classify(feeds)
+            if reference is not None:
+                reference.run({reference.inputs[0][0]: feeds[name]})
     for start in range(0, len(images), batch):
         x = images[start:start + batch].astype(np.float32)
         c0, t0 = time.process_time(), time.perf_counter()
@@ -889,7 +905,8 @@ def evaluate_cascade(session, images, labels, batch):
     result = {"images": n, "batch": batch, "rule": session.rule,
               "executed_as": ("one graph, early return through If (no per-stage latency)" if session.graph is not None and batch == 1
                               else "one session per stage, batch compacted after each exit"),
-              "input_shapes": "fixed to the batch" if fixed else "as exported",
+              "input_shapes": ("as exported" if not fixed else "fixed to the batch" if batch == 1
+                               else "fixed to the batch until a sample leaves, then as exported"),
               "thresholds": [s["threshold"] for s in session.stages[:-1]],
               "exit_histogram": histogram, "exit_rates": [h / float(n) for h in histogram],
               "latency": dict(latency_stats(total_ms), cpu_time_ms=float(np.mean(total_cpu_ms))),
@@ -984,7 +1001,7 @@ def time_interleaved(sessions, runs, warmup, rounds):
     time per inference, per session."""
     fixed = []
     for session, feeds in sessions:
-        fixed.append(session.prepare(feeds) if hasattr(session, "prepare") else False)
+        fixed.append(prepare(session, feeds))
         for _ in range(warmup):
             session.run(feeds)
     samples = [[] for _ in sessions]
@@ -1047,6 +1064,7 @@ def run(args):
             timer = profiled if getattr(profiled, "op_times_reusable", False) else open_artifact(
                 args.artifact, args.threads, True, args.runtime)
             one = dict((name, value[:1]) for name, value in feeds.items())
+            prepare(timer, one)  # profile the model as it is timed
             timer.run(one)
             result["executed"]["op_times"] = timer.op_times(one, OP_TIME_RUNS)
     if args.eval:

@@ -149,6 +149,11 @@ def test_openvino_cascade_runs_single_images_with_fixed_shapes(cascade_bundle, t
     np.testing.assert_allclose(session.run({"input": x[:1]})["logits"], session.run({"input": x})["logits"][:1], rtol=1e-4, atol=1e-5)
     result = runner.evaluate_cascade(runner.open_artifact(str(bundle.path), 1), x, None, 1)
     assert result["input_shapes"] == "fixed to the batch" and sum(result["exit_histogram"]) == 6
+    batched = runner.open_artifact(str(bundle.path), 1)  # a batch: every stage fixed at it, no graph
+    assert batched.prepare({"input": x[:4]}) and len(batched.graph.fixed) == 0
+    assert all(len(s.fixed) == 1 for s in batched.sessions)
+    result = runner.evaluate_cascade(batched, x, None, 4)  # 4 + a last batch of 2 (warmed as exported)
+    assert result["input_shapes"].startswith("fixed to the batch until") and sum(result["exit_histogram"]) == 6
 
 
 def test_path_costs_time_every_way_through_the_cascade(cascade_bundle):
