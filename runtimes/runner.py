@@ -221,6 +221,8 @@ SESSIONS = {}
 
 
 def register_session(cls):
+    if not callable(getattr(cls, "prepare", None)):  # a plugin's class need not derive from _Session
+        cls.prepare = _Session.prepare
     SESSIONS[cls.runtime] = cls
     return cls
 
@@ -399,12 +401,6 @@ class OvSession(_Session):
                 counts[key] = counts.get(key, 0) + 1
         hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         return {"compute_ops": counts, "inference_precision_hint": hint}
-
-
-def prepare(session, feeds):
-    """``session.prepare(feeds)``; False for a session class (e.g. a runtime plugin's) without it."""
-    method = getattr(session, "prepare", None)
-    return bool(method(feeds)) if method is not None else False
 
 
 def _shape_key(feeds):
@@ -770,13 +766,13 @@ class CascadeSession(object):
         batch = len(next(iter(feeds.values())))
         stages_fixed, current = True, feeds
         for stage, session in zip(self.stages, self.sessions):
-            stages_fixed = prepare(session, current) and stages_fixed
+            stages_fixed = session.prepare(current) and stages_fixed
             if stage["exit_output"] is None:
                 break
             out = session.run(current)
             current = dict((name, out[name]) for name in stage["outputs"] if name != stage["exit_output"])
         if self.graph is not None and batch == 1:
-            return prepare(self.graph, dict(feeds, **self.graph_feeds))
+            return self.graph.prepare(dict(feeds, **self.graph_feeds))
         return stages_fixed
 
     def leaves(self, logits, threshold):
@@ -869,7 +865,7 @@ def evaluate_cascade(session, images, labels, batch):
     warm = {name: images[:batch].astype(np.float32)}
     fixed = session.prepare(warm)
     if reference is not None:
-        fixed = prepare(reference, {reference.inputs[0][0]: warm[name]}) and fixed
+        fixed = reference.prepare({reference.inputs[0][0]: warm[name]}) and fixed
     # every stage session and the reference start warm (lazy init, caches), also for the
     # shape of a last, smaller batch
     tail = len(images) % batch
@@ -931,7 +927,6 @@ def cascade_path_costs(session, image, runs, rounds):
     to stage k. Where an exit's cost goes in this runtime, apart from the exit rates."""
     name = session.inputs[0][0]
     feeds = {name: image.astype(np.float32)}
-    session.prepare(feeds)  # the chained stages below time the stage sessions directly
     n_exits = len(session.stages) - 1
     variants = []
     if session.reference_path:
@@ -950,6 +945,9 @@ def cascade_path_costs(session, image, runs, rounds):
     class _Chain(object):  # the stage sessions run one after another, as the runner does for batches
         def __init__(self, last):
             self.last = last
+
+        def prepare(self, feeds):  # the cascade fixes its stage sessions' shapes
+            return session.prepare(feeds)
 
         def run(self, current):
             for stage, stage_session in zip(session.stages[:self.last + 1], session.sessions[:self.last + 1]):
@@ -1001,7 +999,7 @@ def time_interleaved(sessions, runs, warmup, rounds):
     time per inference, per session."""
     fixed = []
     for session, feeds in sessions:
-        fixed.append(prepare(session, feeds))
+        fixed.append(session.prepare(feeds))
         for _ in range(warmup):
             session.run(feeds)
     samples = [[] for _ in sessions]
@@ -1064,7 +1062,7 @@ def run(args):
             timer = profiled if getattr(profiled, "op_times_reusable", False) else open_artifact(
                 args.artifact, args.threads, True, args.runtime)
             one = dict((name, value[:1]) for name, value in feeds.items())
-            prepare(timer, one)  # profile the model as it is timed
+            timer.prepare(one)  # profile the model as it is timed
             timer.run(one)
             result["executed"]["op_times"] = timer.op_times(one, OP_TIME_RUNS)
     if args.eval:

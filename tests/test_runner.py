@@ -134,3 +134,12 @@ def test_executed_precision_from_what_ran():
     assert runner.executed_precision("some-new-runtime", {"Gemm": 1}) == "unknown"
     assert runner.executed_precision("onnxruntime", None) == "unknown"
     assert executed_precision(None) == "unknown" and executed_precision({"precision": "int8"}) == "int8"
+
+def test_a_registered_session_class_without_prepare_gets_the_default():
+    runner = runner_module()  # a fresh module: registering here leaves other tests' runner alone
+
+    @runner.register_session
+    class Bare(object):  # a runtime plugin's class need not derive from the runner's base
+        runtime = "bare-test"
+
+    assert Bare.prepare(Bare(), {"input": np.zeros((1, 4), np.float32)}) is False

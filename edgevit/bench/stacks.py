@@ -82,12 +82,11 @@ def _time(paths: dict[str, Path]) -> dict[str, Any]:
 
 def _profile(path: Path) -> dict[str, Any] | None:
     """Time by kind of layer from the runtime's own counters (None where it has none: LiteRT)."""
-    runner = runner_module()
-    session = runner.open_artifact(str(path), 1, profile_ops=True)
+    session = runner_module().open_artifact(str(path), 1, profile_ops=True)
     if not hasattr(session, "op_times"):
         return None
     feeds = _feeds(session)
-    runner.prepare(session, feeds)  # the counters of the model as it is timed
+    session.prepare(feeds)  # the counters of the model as it is timed
     session.run(feeds)
     return by_kind(session.op_times(feeds, PROFILE_RUNS))
 

@@ -25,9 +25,7 @@ def session_call(session: Any, feeds: dict[str, np.ndarray]) -> Callable[[], obj
     """One inference of a device-runner session as a timed callable. The session first
     fixes its input shapes to these feeds where its runtime specializes on them (OpenVINO),
     as the runner does before it times and as benchmark_app -shape does."""
-    prepare = getattr(session, "prepare", None)  # a runtime plugin's session may not have it
-    if prepare is not None:
-        prepare(feeds)
+    session.prepare(feeds)
     return lambda: session.run(feeds)
 
 
