@@ -999,7 +999,8 @@ def time_interleaved(sessions, runs, warmup, rounds):
     time per inference, per session."""
     fixed = []
     for session, feeds in sessions:
-        fixed.append(session.prepare(feeds))
+        prepare = getattr(session, "prepare", None)  # any object with run() can be timed here
+        fixed.append(bool(prepare(feeds)) if prepare is not None else False)
         for _ in range(warmup):
             session.run(feeds)
     samples = [[] for _ in sessions]
