@@ -63,6 +63,8 @@ def compress(
     data: Optional[Path] = typer.Option(None, help="evaluation image folder (class/xxx.jpg); no accuracy without it"),
     train_data: Optional[Path] = typer.Option(None, help="training image folder for passes that fine-tune"),
     calib_data: Optional[Path] = typer.Option(None, help="calibration image folder"),
+    val_data: Optional[Path] = typer.Option(None, help="validation images the model was not trained on: the exits pass "
+                                            "calibrates its thresholds and speed gate on them (default: held out of --train-data)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: out/<recipe>-<model>, never overwritten)"),
     force: bool = typer.Option(False, help="replace --out if it exists"),
     keep_failed: bool = typer.Option(False, help="publish a run whose numerical check failed as <out>.failed"),
@@ -75,7 +77,8 @@ def compress(
     destination = out or _default_out(recipe, model)
     published = run_compress(CompressOptions(
         recipe=recipe, out=destination, model=model, checkpoint=checkpoint, data=data, train_data=train_data,
-        calib_data=calib_data, force=force, keep_failed=keep_failed, allow_synthetic_calibration=allow_synthetic_calibration,
+        calib_data=calib_data, val_data=val_data, force=force, keep_failed=keep_failed,
+        allow_synthetic_calibration=allow_synthetic_calibration,
     ))
     print((published / "report.md").read_text())
     print(f"published {published} (report.json, report.md, manifest.json)")

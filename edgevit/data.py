@@ -51,6 +51,29 @@ def scan_image_folder(root: str | Path, flag: str = "--data") -> ImageFolder:
     return ImageFolder(root, tuple(classes), tuple(samples))
 
 
+def require_same_classes(val: ImageFolder, train: ImageFolder) -> None:
+    """--val-data validates the model trained on --train-data: the same class folders."""
+    if val.classes != train.classes:
+        raise DataError(f"--val-data {val.root}: classes {val.classes} differ from --train-data's {train.classes}",
+                        "give a validation folder with the same class folders as the training images")
+
+
+def refuse_shared_images(scanned: dict[str, ImageFolder], subject: str, why: dict[str, str], fix: str) -> None:
+    """The folder given as ``subject`` (a flag) shares no image with the other flags named in
+    ``why`` (flag -> what sharing would spoil). ``scanned``: each given folder as read by
+    scan_image_folder, by flag; compared by resolved file, so a folder of links to the same
+    images is caught too."""
+    def files(flag: str) -> set[Path]:
+        return {Path(p).resolve() for p, _ in scanned[flag].samples}
+
+    mine = files(subject)
+    for flag in [f for f in why if f in scanned]:
+        shared = mine & files(flag)
+        if shared:
+            raise DataError(f"{subject} {scanned[subject].root}: {len(shared)} of its images are also in {flag} "
+                            f"{scanned[flag].root} (e.g. {min(shared)}): {why[flag]}", fix)
+
+
 def label_map(folder_classes: Sequence[str], model_labels: Sequence[str] | None) -> tuple[list[int], str]:
     """Map folder class indices to model output indices: by name when the model names its
     labels and every folder class is among them, else by sorted folder order. Some but not

@@ -17,7 +17,8 @@ from edgevit.adapters import adapter_for, check_passes_supported
 from edgevit.artifacts import Staging, sha256_file
 from edgevit.calibration import CalibrationSet, resolve_calibration
 from edgevit.accuracy import artifact_predictor, measure_top1, torch_predictor
-from edgevit.data import ImageFolder, check_label_count, jsonable_config, label_map, load_images, scan_image_folder, synthetic_images
+from edgevit.data import (ImageFolder, check_label_count, jsonable_config, label_map, load_images, refuse_shared_images,
+                          require_same_classes, scan_image_folder, synthetic_images)
 from edgevit.errors import CheckFailed, EdgevitError, ModelError
 from edgevit.cascade import exit_specs, forward_all_exits
 from edgevit.evaluation import CHECK_THRESHOLDS, check_all_outputs
@@ -50,6 +51,7 @@ class CompressOptions:
     data: Path | None = None
     train_data: Path | None = None
     calib_data: Path | None = None
+    val_data: Path | None = None  # validation images the exits pass calibrates on (default: held out of train_data)
     force: bool = False
     keep_failed: bool = False
     allow_synthetic_calibration: bool = False
@@ -114,14 +116,32 @@ def _validate(opts: CompressOptions) -> _Inputs:
     profiles = recipe_targets(loaded)  # the capability model: what no target can run fails here, in a second
     transport_for(recipe.profile.target, f"{loaded.path}: profile.target")  # fail now on a bad target, not after exporting
     eval_folder = scan_image_folder(opts.data, "--data") if opts.data else None
-    for flag, folder in (("--train-data", opts.train_data), ("--calib-data", opts.calib_data)):
-        if folder is not None:
-            scan_image_folder(folder, flag)
+    scanned = {flag: scan_image_folder(folder, flag) for flag, folder in (
+        ("--train-data", opts.train_data), ("--calib-data", opts.calib_data), ("--val-data", opts.val_data)) if folder is not None}
+    if eval_folder is not None:
+        scanned["--data"] = eval_folder
+    _check_val_data(loaded, scanned)
     model_folder = model_name if Path(model_name).expanduser().exists() else None
     refuse_out_over_inputs(opts.out, {"recipe file": loaded.path, "model folder": model_folder, "checkpoint": checkpoint,
-                                      "--data": opts.data, "--train-data": opts.train_data, "--calib-data": opts.calib_data},
-                           scanned=frozenset({"--data", "--train-data", "--calib-data"}))
+                                      "--data": opts.data, "--train-data": opts.train_data, "--calib-data": opts.calib_data,
+                                      "--val-data": opts.val_data},
+                           scanned=frozenset({"--data", "--train-data", "--calib-data", "--val-data"}))
     return _Inputs(loaded, model_name, checkpoint, profiles, eval_folder)
+
+
+def _check_val_data(loaded: LoadedRecipe, scanned: dict[str, ImageFolder]) -> None:
+    """--val-data calibrates what the exits pass decides (thresholds, speed gate): it shares
+    no image with the images that judge the result (--data) or train the heads."""
+    if "--val-data" not in scanned:
+        return
+    if not any(p.kind == "exits" for p in loaded.recipe.passes):
+        raise EdgevitError(f"{loaded.path}: no exits pass reads --val-data", "drop --val-data, or add kind: exits to the recipe")
+    if "--train-data" in scanned:
+        require_same_classes(scanned["--val-data"], scanned["--train-data"])
+    refuse_shared_images(scanned, "--val-data", {"--data": "the exit thresholds would be calibrated on the evaluation images",
+                                                 "--train-data": "the thresholds would be calibrated on images the heads "
+                                                                 "trained on"},
+                         "give validation images held out of both (or leave --val-data out: a split of --train-data)")
 
 
 def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -180,7 +200,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
             if artifact["check"]["passed"] and artifact["checked_in"] == profile.runtime:
                 exported = ExportedArtifact(stage / artifact["path"], published_plan.quantized, transport, recipe.profile.threads,
                                             recipe.profile.batch, opts.train_data, data_config, loaded.label_names, run_cache,
-                                            ectx.cache.get(cascade_forms_key(stage / artifact["path"])))
+                                            ectx.cache.get(cascade_forms_key(stage / artifact["path"])), opts.val_data)
                 warnings += _after_export(records, exported, artifact)
             artifacts.append(artifact)
             profiles[profile.name] = timing
@@ -235,7 +255,7 @@ def apply_passes(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSe
         return model, records, training
     ctx = PassContext(seed=recipe.seed, input_size=input_size, data_config=loaded.data_config(), label_names=loaded.label_names,
                       teacher=teacher, calibration=calibration,
-                      train_data=opts.train_data,
+                      train_data=opts.train_data, val_data=opts.val_data,
                       # random weights: a latency/size-only run (said in the report), so noise is as good as images
                       allow_synthetic_calibration=opts.allow_synthetic_calibration or loaded.random_weights)
     tuned = recipe.finetune is None

@@ -48,9 +48,27 @@ def test_global_head_equals_attention_then_mean(grid, prefix):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_local_head_equals_convolution_then_mean():
-    head = _randomise(LocalPerceptionHead(_spec("local", (6, 6), 1)))
-    tokens = torch.randn(3, 37, 48)
+@pytest.mark.parametrize("grid, prefix", [((6, 6), 1), ((4, 7), 0)])  # non-square: rows and columns kept apart
+def test_local_head_equals_convolution_then_mean(grid, prefix):
+    head = _randomise(LocalPerceptionHead(_spec("local", grid, prefix)))
+    tokens = torch.randn(3, prefix + grid[0] * grid[1], 48)
     with torch.no_grad():
         for got, want in zip(head(tokens), _plain_local(head, tokens)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_local_head_exports_its_expand_as_a_matmul_on_the_tokens(tmp_path):
+    """Only the depthwise 3x3 is a convolution in the exported head: the 1x1 expand runs on
+    the [B, N, C] tokens, so the runtime reorders no grid layout before it."""
+    import onnx
+
+    from edgevit.exporters.onnx import export_module
+
+    head = _randomise(LocalPerceptionHead(_spec("local", (6, 6), 1)))
+    path = tmp_path / "head.onnx"
+    export_module(head, (torch.randn(2, 37, 48),), ["tokens"], ["logits", "embedding"], path, 18)
+    nodes = onnx.load(str(path)).graph.node
+    ops = [n.op_type for n in nodes]
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert len(convs) == 1 and next(a.i for a in convs[0].attribute if a.name == "group") == 48, ops
+    assert ops.index("Conv") > min(ops.index(m) for m in ("MatMul", "Gemm") if m in ops), ops

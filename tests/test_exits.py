@@ -1,6 +1,7 @@
 """kind: exits — stage decomposition, head training, threshold calibration, the exported
 cascade and the device runner's early-exit execution."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model, load_model_folder, save_model_folder
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import CascadeOutcome, calibrate
-from edgevit.passes.exits import ExitsConfig, ExitsPass, head_specs, exit_blocks
+from edgevit.passes.exits import ExitsConfig, ExitsPass, exit_blocks, head_specs, holdout_samples
 from edgevit.passes.tokens import TomeConfig, TomePass
 from edgevit.profiling import runner_module
 
@@ -134,6 +135,47 @@ def test_pass_trains_heads_calibrates_and_rebuilds(train_folder, tmp_path):
     with torch.no_grad():
         a, b = forward_all_exits(model, x), forward_all_exits(again, x)
     assert exit_specs(again) == exit_specs(model) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_thresholds_are_calibrated_on_val_data_when_given(train_folder, tmp_path):
+    """compress --val-data: the heads train on every training image and the thresholds come
+    from the validation images; the record says so and the after-export gate draws the same
+    images again (and asks for the folder if it is not given)."""
+    val = write_images(tmp_path / "val", per_class=30, size=32, seed=5)
+    loaded = load_model("test_vit")
+    ctx = PassContext(seed=0, input_size=loaded.input_size, data_config=loaded.data_config(), train_data=train_folder,
+                      val_data=val)
+    config = ExitsConfig(count=2, holdout_images=100, max_accuracy_drop=5.0, train={**SMALL_TRAIN, "max_images": 1000})
+    _, record = ExitsPass().apply(loaded.model, config, ctx)
+    held = record.structure["holdout"]
+    assert held["source"] == "--val-data" and held["n_holdout"] == 60 and record.metrics["holdout_images"] == 60
+    assert record.training["images_per_epoch"] == 160  # nothing held out of the training images
+    assert any("drawn from --val-data" in n for n in record.notes)
+    dumped = record.model_dump(mode="json")
+    drawn = holdout_samples(dumped, train_folder, loaded.label_names, val)
+    assert len(drawn) == 60 and all(val in Path(p).parents for p, _ in drawn)
+    with pytest.raises(EdgevitError, match="--val-data"):
+        holdout_samples(dumped, train_folder, loaded.label_names)
+    other = write_images(tmp_path / "other", classes=("cat", "cow"), per_class=5, size=32)
+    with pytest.raises(EdgevitError, match="classes"):
+        ExitsPass().apply(load_model("test_vit").model, config, PassContext(
+            seed=0, input_size=loaded.input_size, data_config=loaded.data_config(), train_data=train_folder, val_data=other))
+
+
+def test_compress_refuses_val_data_nothing_reads_or_that_is_the_test_set(cli, write_recipe, tmp_path, train_folder, images):
+    plain = write_recipe("name: t\nmodel: {name: test_vit}\nexports: [x86-onnxruntime]\n", "plain.yaml")
+    out = tmp_path / "run"
+    result = cli("compress", "--recipe", plain, "--data", images, "--val-data", train_folder, "--out", out)
+    assert result.exit_code == 2 and "no exits pass reads --val-data" in result.output and not out.exists()
+    exits = write_recipe("name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 2}\n"
+                         "exports: [x86-onnxruntime]\n", "exits.yaml")
+    result = cli("compress", "--recipe", exits, "--train-data", train_folder, "--data", images, "--val-data", images,
+                 "--out", out)
+    assert result.exit_code == 2 and "are also in --data" in result.output and "Traceback" not in result.output
+    other = write_images(tmp_path / "other", classes=("cat", "cow"), per_class=2, size=32)
+    result = cli("compress", "--recipe", exits, "--train-data", train_folder, "--data", images, "--val-data", other,
+                 "--out", out)
+    assert result.exit_code == 2 and "classes" in result.output and not out.exists()
 
 
 def _export(model, loaded, tmp_path, thresholds, rule="confidence"):

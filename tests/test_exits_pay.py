@@ -256,3 +256,26 @@ def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, s
     _, _, fixed = exits_module.calibrate_exits(model, holdout, other, 0.0, loaded.input_size, costs)
     assert fixed["rule"] == other and list(fixed["expected_latency_ms_by_rule"]) == [other]
     assert fixed["expected_latency_ms"] > metrics["expected_latency_ms"]
+
+
+def test_bench_exits_run_of_one_model_carries_the_others_rows():
+    """bench exits --models vit_tiny_c10 keeps swin_tiny_c10's rows, results and notes from the
+    last published run (a run before the --val-data table had only the first table), and
+    the path table reads old results, which name no calibration."""
+    from edgevit.bench.exits import TRAIN_TABLE, VAL_TABLE, _carry_earlier, _path_rows
+
+    path = {"runtime": "openvino", "costs": [{"path": "reference (no exits)", "cpu_time_ms": 2.0}],
+            "exit_rates": [0.5, 0.5], "predicted_mean_ms": 1.5, "measured_mean_cpu_ms": 1.6, "overhead_per_exit_ms": 0.1}
+    previous = {"finished_utc": "2026-12-01 18:18 UTC",
+                "tables": [{"title": TRAIN_TABLE, "rows": [["vit_tiny_c10", "old"], ["swin_tiny_c10", "kept"]]}],
+                "results": {"vit_tiny_c10": {"paths": []}, "swin_tiny_c10": {"paths": [path]}},
+                "notes": ["vit_tiny_c10: old", "swin_tiny_c10: exits after blocks [5]"]}
+    results, notes = {"vit_tiny_c10": {"paths": []}}, []
+    carried = _carry_earlier(previous, ["swin_tiny_c10"], results, notes)
+    assert carried == {TRAIN_TABLE: [["swin_tiny_c10", "kept"]]} and VAL_TABLE not in carried
+    assert results["swin_tiny_c10"]["paths"] == [path] and results["vit_tiny_c10"] == {"paths": []}
+    assert notes[0] == "swin_tiny_c10: exits after blocks [5]"
+    assert "2026-12-01 18:18 UTC" in notes[-1] and "no --val-data table" in notes[-1]
+    rows = _path_rows(results)
+    assert rows[0][:4] == ["swin_tiny_c10", "openvino", "held-out train images", "reference (no exits)"]
+    assert _carry_earlier(None, ["swin_tiny_c10"], {}, []) == {}

@@ -50,6 +50,9 @@ class PassContext:
     teacher: nn.Module | None = None  # the uncompressed model, for distillation
     calibration: Any = None  # edgevit.calibration.CalibrationSet
     train_data: Path | None = None
+    # validation images the model was not trained on (compress --val-data): what a pass
+    # calibrates on when images it was trained on would flatter it (exit thresholds)
+    val_data: Path | None = None
     allow_synthetic_calibration: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -72,6 +75,7 @@ class ExportedArtifact:
     # (edgevit.exporters.cascade_forms.CascadeForms; None: the bundle was not exported
     # with the one-graph form, or its intermediate graphs are gone)
     cascade_forms: Any = None
+    val_data: Path | None = None  # compress --val-data (PassContext.val_data)
 
 
 class Pass(Protocol):

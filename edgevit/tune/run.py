@@ -286,22 +286,13 @@ def _study(opts: TuneOptions, storage: Any, name: str, raw: dict[str, Any], reci
 
 
 def _refuse_overlap(scanned: dict[str, Any]) -> None:
-    """--val-data shares no image with the test set, the training or the calibration images
-    (``scanned``: each given folder as read by scan_image_folder, by flag; compared by
-    resolved file, so a folder of links to the same images is caught too)."""
-    def files(flag: str) -> set[Path]:
-        return {Path(p).resolve() for p, _ in scanned[flag].samples}
+    """--val-data shares no image with the test set, the training or the calibration images."""
+    from edgevit.data import refuse_shared_images
 
-    scoring = files("--val-data")
-    why = {"--data": "the test set must never score trials",
-           "--train-data": "trials would be scored on images they are fine-tuned on",
-           "--calib-data": "trials would be scored on their calibration images"}
-    for flag in [f for f in why if f in scanned]:
-        shared = scoring & files(flag)
-        if shared:
-            raise EdgevitError(f"--val-data {scanned['--val-data'].root}: {len(shared)} of its images are also in {flag} "
-                               f"{scanned[flag].root} (e.g. {min(shared)}): {why[flag]}",
-                               "give held-out validation images (or leave --val-data out: a split of --train-data)")
+    refuse_shared_images(scanned, "--val-data", {"--data": "the test set must never score trials",
+                                                 "--train-data": "trials would be scored on images they are fine-tuned on",
+                                                 "--calib-data": "trials would be scored on their calibration images"},
+                         "give held-out validation images (or leave --val-data out: a split of --train-data)")
 
 
 def baseline_recipe(raw: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgevit.data import ImageFolder, scan_image_folder
+from edgevit.data import ImageFolder, require_same_classes, scan_image_folder
 from edgevit.errors import DataError
 
 
@@ -34,9 +34,7 @@ def make_split(train_data: Path | ImageFolder, out: Path, n_val: int, seed: int,
     folder = _scanned(train_data, "--train-data")
     source = _scanned(val_data, "--val-data") if val_data is not None else folder
     if val_data is not None:
-        if source.classes != folder.classes:
-            raise DataError(f"--val-data {source.root}: classes {source.classes} differ from --train-data's {folder.classes}",
-                            "give a validation folder with the same class folders as the training images")
+        require_same_classes(source, folder)
         n_val = min(n_val, len(source.samples))
     elif n_val >= len(folder.samples):
         raise DataError(f"--train-data {folder.root}: {len(folder.samples)} images, not enough for a validation split "
