@@ -10,6 +10,9 @@ from typing import Any
 from edgevit.bench.timing import load_average
 
 SECTIONS: dict[str, tuple[str, str, int, Callable[["BenchContext"], dict[str, Any]]]] = {}
+# the shared short fine-tune of the pass sections (pruning, tokens, swin_tokens): one epoch
+# of 5000 seeded CIFAR-10 training images, distilled, so their "after fine-tune" columns compare
+FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 5000}
 
 
 def section(name: str, title: str, description: str, cap_s: int):

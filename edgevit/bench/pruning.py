@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from edgevit.accuracy import measure_top1, torch_predictor
-from edgevit.bench.context import BenchContext, section
+from edgevit.bench.context import FINETUNE, BenchContext, section
 from edgevit.bench.variants import artifact_variants, time_variants
 from edgevit.data import scan_image_folder
 from edgevit.models import load_model
@@ -20,7 +20,6 @@ REFERENCE_MODELS = ["vit_tiny_c10", "swin_tiny_c10"]
 LATENCY_MODELS = ["swin_tiny_patch4_window7_224", "deit_small_patch16_224"]
 LEVELS = [0.3, 0.5]
 METHODS = {"DIMAP (cost-aware)": {"method": "dimap"}, "L1, one global ranking": {"method": "l1"}}
-FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 5000}
 LATENCY_RECIPE = """\
 name: bench_prune
 exports: [x86-onnxruntime, x86-openvino]

@@ -38,7 +38,7 @@ def render(data: dict[str, Any]) -> str:
                 f"- measured {sec['finished_utc']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']:.0f} GiB), "
                 f"load average {sec['load_before']:.2f} before / {sec['load_after']:.2f} after (max seen {sec['load_max']:.2f})",
                 f"- wall time {sec['elapsed_s']:.0f} s of a {sec['cap_s']} s cap" + (" — CAP REACHED, some rows skipped" if sec.get("capped") else ""),
-                f"- versions: " + ", ".join(f"{k} {v}" for k, v in sec["versions"].items() if v), ""]
+                "- versions: " + ", ".join(f"{k} {v}" for k, v in sec["versions"].items() if v), ""]
         for t in sec["tables"]:
             out += [f"### {t['title']}", "", table(t["header"], t["rows"]), ""]
             if t.get("note"):

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 
 from edgevit.accuracy import measure_top1, torch_predictor
-from edgevit.bench.context import BenchContext, section
-from edgevit.bench.tokens import FINETUNE
+from edgevit.bench.context import FINETUNE, BenchContext, section
 from edgevit.bench.variants import RUNTIMES, artifact_variants, time_variants
 from edgevit.data import scan_image_folder
 from edgevit.models import load_model

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from edgevit.accuracy import measure_top1, torch_predictor
-from edgevit.bench.context import BenchContext, section
+from edgevit.bench.context import FINETUNE, BenchContext, section
 from edgevit.bench.timing import interleaved, summary
 from edgevit.bench.variants import artifact_variants
 from edgevit.data import scan_image_folder
@@ -17,7 +17,6 @@ from edgevit.passes.base import PassContext
 from edgevit.passes.tokens import EvitPass, TomePass
 from edgevit.pipeline import CompressOptions, compress
 
-FINETUNE = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "max_images": 5000}
 STRENGTHS = [
     ("EViT keep 0.9", EvitPass, {"keep_rate": 0.9}), ("EViT keep 0.7", EvitPass, {"keep_rate": 0.7}),
     ("EViT keep 0.5", EvitPass, {"keep_rate": 0.5}),
