@@ -182,6 +182,7 @@ def test_study_records_failures_resumes_without_repeats_and_chosen_recipe_reruns
     assert done["state"] == "complete" and done["meets_budget"]
     rec = done["record"]
     assert rec["latency_ms"] > 0 and 0 < rec["size_mb"] < data["baseline"]["size_mb"] and 0 <= rec["top1"] <= 1
+    assert rec["latency_ms_vs_fp32"] > 0  # timed interleaved with the fp32 export in the trial's own run
     assert rec["val_images"] == 4 and rec["flops"] < data["baseline"]["flops"] and rec["where_run"].startswith("this machine")
     assert data["pareto"] == [done["number"]] and data["chosen"] == {"fastest": done["number"], "most_accurate": done["number"]}
     assert (out / "pareto.png").stat().st_size > 0 and "| complete |" in (out / "trials.md").read_text()
@@ -389,6 +390,21 @@ def test_a_drop_of_exactly_max_drop_meets_it(top1, expected):
     # 500 images: 0.844 -> 0.834 is 5 images, exactly 1 point (1.0000000000000009 in floating point)
     record = {"top1": top1, "size_mb": 2.83}
     assert meets(record, {"size_mb": 2.839}, 0.844, 1.0) is expected
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"top1": 0.84, "latency_ms": 47.2, "latency_ms_vs_fp32": 0.49}, True),   # p50 over the drifted limit, ratio within
+    ({"top1": 0.84, "latency_ms": 44.0, "latency_ms_vs_fp32": 0.52}, False),  # p50 under it, but slower than 0.5x side by side
+    ({"top1": 0.84, "latency_ms": 44.0, "latency_ms_vs_fp32": None}, True),   # no baseline timing: the p50 against the limit
+])
+def test_a_relative_latency_limit_is_judged_side_by_side(record, expected):
+    """latency_ms=0.5x: the trial's ratio to the fp32 export measured interleaved in its own
+    run decides, not its p50 against a limit drawn from the study's one fp32 measurement."""
+    budget = parse_budget("latency_ms=0.5x")
+    limits = budget.resolve({"latency_ms": 93.2})  # 46.6 ms
+    assert budget.ratios == {"latency_ms": 0.5} and parse_budget("latency_ms=40").ratios == {}
+    assert meets(record, limits, 0.844, 1.0, budget.ratios) is expected
+    assert meets(record, limits, 0.844, 1.0) is (record["latency_ms"] <= 46.6)  # without ratios: the p50, as before
 
 
 def test_a_trial_records_how_much_its_fine_tunes_trained():

@@ -126,7 +126,8 @@ def compress_and_measure(recipe_path: Path, out: Path, ctx: TrialContext) -> dic
     return {**record, "device_wait_s": round(transport.waited_s, 3), "device_holds": transport.holds}
 
 
-LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "cpu_time_ms", "size_mb", "executed_precision", "where_run", "device")
+LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "cpu_time_ms", "latency_ms_vs_fp32", "size_mb", "executed_precision", "where_run",
+                "device")
 
 
 def latency_recipe(raw: dict[str, Any], model: str) -> dict[str, Any]:
@@ -152,8 +153,11 @@ def measure(report: dict[str, Any], export: str, with_accuracy: bool = True) -> 
     accuracy = report["accuracy"]
     top1 = {"top1": accuracy["top1"][export], "top1_pytorch": accuracy["top1"]["pytorch"],
             "val_images": accuracy["n"]} if with_accuracy else {}
+    speedup = (artifact.get("baseline") or {}).get("speedup_cpu")
     return {
         **top1, "latency_ms": timing["p50_ms"], "latency_p90_ms": timing["p90_ms"], "cpu_time_ms": timing["cpu_time_ms"],
+        # the artifact's CPU time over the fp32 export's, timed interleaved in this run (budget.py)
+        "latency_ms_vs_fp32": 1.0 / speedup if speedup else None,
         "size_mb": artifact["size_bytes"] / 1e6, "flops": report["flops"]["after"], "params": report["params"]["after"],
         "executed_precision": artifact["executed_precision"], "where_run": timing["where_run"], "device": timing.get("device"),
         "precisions": signature_of(report["passes"]),

@@ -135,7 +135,7 @@ class Session:
             trial.set_user_attr("reason", outcome["reason"])
         names = ["top1_drop_over_max", *(f"{m}_over_budget" for m in self.budget.metrics)]
         if state == "complete":
-            c = budgets.constraints(record, self.limits, self.baseline["top1"], self.max_drop)
+            c = budgets.constraints(record, self.limits, self.baseline["top1"], self.max_drop, self.budget.ratios)
             trial.set_user_attr("meets_budget", all(v <= 0 for v in c))
             for name, value in zip(names, c):  # the samplers learn where the feasible region is
                 trial.set_constraint(name, value)
@@ -163,7 +163,7 @@ class Session:
         head = f"trial {c['finished']}/{self.trials} (#{outcome['number']}) [{self.label(outcome['values'])}]"
         if outcome["state"] == "complete":
             r = outcome["record"]
-            met = budgets.meets(r, self.limits, self.baseline["top1"], self.max_drop)
+            met = budgets.meets(r, self.limits, self.baseline["top1"], self.max_drop, self.budget.ratios)
             body = f"{self.describe(r)}: {'meets the budget' if met else 'misses the budget'}"
         else:
             body = f"{outcome['state']}: {outcome['reason']}"
@@ -178,7 +178,9 @@ class Session:
 
     def describe(self, r: dict[str, Any]) -> str:
         drop = budgets.drop_points(r["top1"], self.baseline["top1"])
-        return f"top-1 {r['top1']:.4f} ({0.0 - drop:+.2f} pt), {r['latency_ms']:.2f} ms, {r['size_mb']:.2f} MB"
+        ratio = r.get("latency_ms_vs_fp32")
+        side_by_side = f" ({ratio:.2f}x fp32 side by side)" if ratio is not None else ""
+        return f"top-1 {r['top1']:.4f} ({0.0 - drop:+.2f} pt), {r['latency_ms']:.2f} ms{side_by_side}, {r['size_mb']:.2f} MB"
 
 
 def _fmt(v: Any) -> str:
