@@ -10,7 +10,7 @@ at most --max-drop points below the fp32 model's on the same images.
 
 A relative latency limit is judged by the ratio the trial's own run measured side by side:
 its artifact timed interleaved with the fp32 export on the target (compress's baseline,
-process CPU time), ``latency_ms_vs_fp32`` in the record. The study's fp32 p50, measured once
+the ratio of their p50s), ``latency_ms_vs_fp32`` in the record. The study's fp32 p50, measured once
 at its start, moves with the machine's load (Swin-T 224 on this 2-core machine: 103.9 and
 93.2 ms in two studies of one bench run), and a limit drawn from it moved with it. Records
 without the ratio (no baseline timing) fall back to their p50 against that limit.

@@ -153,10 +153,10 @@ def measure(report: dict[str, Any], export: str, with_accuracy: bool = True) -> 
     accuracy = report["accuracy"]
     top1 = {"top1": accuracy["top1"][export], "top1_pytorch": accuracy["top1"]["pytorch"],
             "val_images": accuracy["n"]} if with_accuracy else {}
-    speedup = (artifact.get("baseline") or {}).get("speedup_cpu")
+    speedup = (artifact.get("baseline") or {}).get("speedup_p50")
     return {
         **top1, "latency_ms": timing["p50_ms"], "latency_p90_ms": timing["p90_ms"], "cpu_time_ms": timing["cpu_time_ms"],
-        # the artifact's CPU time over the fp32 export's, timed interleaved in this run (budget.py)
+        # the artifact's p50 over the fp32 export's, timed interleaved in this run (budget.py)
         "latency_ms_vs_fp32": 1.0 / speedup if speedup else None,
         "size_mb": artifact["size_bytes"] / 1e6, "flops": report["flops"]["after"], "params": report["params"]["after"],
         "executed_precision": artifact["executed_precision"], "where_run": timing["where_run"], "device": timing.get("device"),
