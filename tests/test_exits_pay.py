@@ -262,7 +262,7 @@ def test_bench_exits_run_of_one_model_carries_the_others_rows():
     """bench exits --models vit_tiny_c10 keeps swin_tiny_c10's rows, results and notes from the
     last published run (a run before the --val-data table had only the first table), and
     the path table reads old results, which name no calibration."""
-    from edgevit.bench.exits import TRAIN_TABLE, VAL_TABLE, _carry_earlier, _path_rows
+    from edgevit.bench.exits import TRAIN_TABLE, VAL_TABLE, _calibration_of, _carry_earlier, _path_rows
 
     path = {"runtime": "openvino", "costs": [{"path": "reference (no exits)", "cpu_time_ms": 2.0}],
             "exit_rates": [0.5, 0.5], "predicted_mean_ms": 1.5, "measured_mean_cpu_ms": 1.6, "overhead_per_exit_ms": 0.1}
@@ -278,4 +278,7 @@ def test_bench_exits_run_of_one_model_carries_the_others_rows():
     assert "2026-12-01 18:18 UTC" in notes[-1] and "no --val-data table" in notes[-1]
     rows = _path_rows(results)
     assert rows[0][:4] == ["swin_tiny_c10", "openvino", "held-out train images", "reference (no exits)"]
+    # an older run's "calibration" held the metrics dict: still read as held-out train images
+    assert _calibration_of({"calibration": {"rule": "confidence"}}) == "train" == _calibration_of({})
+    assert _calibration_of({"calibration": "val"}) == "val"
     assert _carry_earlier(None, ["swin_tiny_c10"], {}, []) == {}

@@ -90,6 +90,8 @@ def _model_rows(ctx: BenchContext, name: str, results: dict[str, Any], notes: li
                 continue
             run, row, path = _budget_run(ctx, name, model, exits_pass, base.input_size, (calib, gate_set, eval_set), budget,
                                          calibration)
+            if not run:
+                notes.append(f"{name} budget {budget} ({CALIBRATIONS[calibration]}): no exit pays; nothing to run as a cascade")
             runs += run
             rows[calibration] += row
             paths += path
@@ -209,12 +211,18 @@ def _path_costs(name: str, runtime_name: str, bundle_dir, image: np.ndarray, mea
             "overhead_per_exit_ms": (through - by_path["reference (no exits)"]) / max(n_exits, 1)}
 
 
+def _calibration_of(entry: dict[str, Any]) -> str:
+    """Which images a run's thresholds came from. Runs before the --val-data table used held-out
+    train images only, and their "calibration" key held the calibration metrics."""
+    named = entry.get("calibration")
+    return named if isinstance(named, str) else "train"
+
+
 def _path_rows(results: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for name, r in results.items():
         for p in r.get("paths", []):
-            # runs before the --val-data table calibrated on held-out train images only
-            calibrated = CALIBRATIONS[p.get("calibration", "train")]
+            calibrated = CALIBRATIONS[_calibration_of(p)]
             reference = next(c["cpu_time_ms"] for c in p["costs"] if c["path"].startswith("reference"))
             for c in p["costs"]:
                 rows.append([name, p["runtime"], calibrated, c["path"] + (f" (took exit {c['exit_index']})" if "exit_index" in c else ""),
@@ -250,7 +258,7 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
         rates = _taken(run["measured"]["exit_rates"], run["exits_calibrated"], run["exits_kept"])
         expected = float(np.dot(rates, cumulative_costs(stage, head, run["exits_kept"])))
         rows.append([LARGE_MODEL, f"cascade at {ESTIMATE_FROM}'s exit rates, budget {run['budget_points']:g} pt, thresholds from "
-                                  f"{CALIBRATIONS[run.get('calibration', 'train')]} (estimate)",
+                                  f"{CALIBRATIONS[_calibration_of(run)]} (estimate)",
                      "-", "-", f"{expected:.2f} vs {full:.2f}", f"{full / expected:.2f}x"])
     notes.append(f"{LARGE_MODEL}: stage and head costs {costs['measured']}; exits after blocks {[b + 1 for b in blocks]}")
     results[LARGE_MODEL] = {"costs": costs, "exit_blocks_1based": [b + 1 for b in blocks]}
@@ -318,10 +326,11 @@ def _carry_earlier(previous: dict[str, Any] | None, left_out: list[str], results
     for table in previous.get("tables", []):
         if table["title"] in (TRAIN_TABLE, VAL_TABLE):
             carried[table["title"]] = [r for r in table["rows"] if r[0] in left_out]
+    had_val_table = VAL_TABLE in carried
     kept = [m for m in left_out if m in previous.get("results", {})]
     results.update({m: previous["results"][m] for m in kept})
     notes.extend(n for n in previous.get("notes", []) if n.startswith(tuple(f"{m}:" for m in kept)))
     if kept:
         notes.append(f"carried from the run of {previous.get('finished_utc', 'an earlier run')}, not re-run this time: "
-                     f"{', '.join(kept)}" + ("" if carried.get(VAL_TABLE) else " (that run had no --val-data table)"))
+                     f"{', '.join(kept)}" + ("" if had_val_table else " (that run had no --val-data table)"))
     return carried

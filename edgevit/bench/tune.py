@@ -134,7 +134,7 @@ def _row(case: dict[str, Any], method: str, best: dict[str, Any] | None, baselin
 def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[dict[str, Any] | None, int]:
     """Each shipped recipe measured like a trial (same split, export, target, latency model)."""
     from edgevit.recipe import load_recipe
-    from edgevit.tune.budget import meets
+    from edgevit.tune.budget import meets, parse_budget
     from edgevit.tune.locks import LockSpec
     from edgevit.tune.trial import TrialContext, compress_and_measure
     from edgevit.tune.workers import recipe_yaml
@@ -158,7 +158,8 @@ def _shipped(case: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[
             (folder / "error.txt").write_text(str(exc))
             continue
         row = {"number": name, "record": record}
-        if meets(record, summary["limits"], summary["baseline"]["top1"], MAX_DROP):
+        # judged as the study judges its trials (a relative latency limit: the side-by-side ratio)
+        if meets(record, summary["limits"], summary["baseline"]["top1"], MAX_DROP, parse_budget(summary["budget"]).ratios):
             met += 1
             metric = next(iter(summary["limits"]))
             if best is None or (record[metric], -record["top1"]) < (best["record"][metric], -best["record"]["top1"]):
