@@ -407,6 +407,18 @@ def test_a_relative_latency_limit_is_judged_side_by_side(record, expected):
     assert meets(record, limits, 0.844, 1.0) is (record["latency_ms"] <= 46.6)  # without ratios: the p50, as before
 
 
+def test_the_latency_estimate_of_a_relative_limit_uses_the_side_by_side_ratio():
+    """The pre-check's latency-per-FLOP factor follows the judgement: with a relative limit,
+    the trial's interleaved ratio to fp32, not its p50 over the study's one fp32 p50."""
+    from edgevit.tune.trial import latency_factor
+
+    baseline = {"latency_ms": 100.0, "flops": 10.0}
+    record = {"latency_ms": 40.0, "latency_ms_vs_fp32": 0.5, "flops": 5.0}
+    assert latency_factor(record, baseline) == pytest.approx(0.8)  # 40 / (100 x 0.5)
+    assert latency_factor(record, baseline, side_by_side=True) == pytest.approx(1.0)  # 0.5 / 0.5
+    assert latency_factor({**record, "latency_ms_vs_fp32": None}, baseline, side_by_side=True) == pytest.approx(0.8)
+
+
 def test_a_trial_records_how_much_its_fine_tunes_trained():
     """A wall-capped fine-tune sees fewer images on a loaded machine: the record says how many."""
     from edgevit.tune.output import _fine_tune_cell

@@ -68,7 +68,8 @@ class Session:
         for r in rows:
             if r["state"] == "complete" and r["record"].get("latency_ms"):
                 key = r["record"]["precisions"]
-                factors[key] = min(factors.get(key, math.inf), latency_factor(r["record"], self.baseline))
+                factors[key] = min(factors.get(key, math.inf),
+                                   latency_factor(r["record"], self.baseline, "latency_ms" in self.budget.ratios))
         return Gates(baseline=self.baseline, limits=self.limits, max_drop=self.max_drop, recovery_pt=self.recovery_pt,
                      latency_factors=factors)
 
