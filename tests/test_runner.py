@@ -135,6 +135,7 @@ def test_executed_precision_from_what_ran():
     assert runner.executed_precision("onnxruntime", None) == "unknown"
     assert executed_precision(None) == "unknown" and executed_precision({"precision": "int8"}) == "int8"
 
+
 def test_a_registered_session_class_without_prepare_gets_the_default():
     runner = runner_module()  # a fresh module: registering here leaves other tests' runner alone
 
