@@ -225,7 +225,7 @@ def tune(
     verbose: bool = typer.Option(False, help="show each trial's compress steps"),
     latency_model: Optional[str] = typer.Option(None, help="time and size the stacks on this model instead (same family, "
                                                 "e.g. the 224 timm model of a model trained at 32); accuracy stays on --model"),
-    max_minutes: Optional[float] = typer.Option(None, help="start no trial after this many minutes"),
+    max_minutes: Optional[float] = typer.Option(None, help="start no trial after this many minutes (a running trial finishes; the final reports on --data still run)"),
 ) -> None:
     """Search the recipe's space for the fastest / smallest stack within the budget, measured on the target."""
     from edgevit.tune.run import TuneOptions

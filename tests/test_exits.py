@@ -137,6 +137,29 @@ def test_pass_trains_heads_calibrates_and_rebuilds(train_folder, tmp_path):
     assert exit_specs(again) == exit_specs(model) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("loss", ["distill", "ce"])
+def test_heads_learn_the_labels_with_loss_ce_and_the_model_with_distill(loss):
+    """A teacher that always says class 0, labels that follow the tokens: ``loss: ce`` must
+    learn the labels, ``loss: distill`` the teacher (``loss`` was once ignored: always distill)."""
+    from edgevit.exit_heads import HeadSpec, build_head
+    from edgevit.passes.exits import ExitTrainConfig, _train_heads, head_loss
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(512, 4, 6, generator=gen)
+    labels = tokens.mean(1)[:, :3].argmax(-1)
+    teacher = torch.tensor([8.0, 0.0, 0.0]).expand(512, 3).clone()
+    cache = {"tokens": [tokens.half()], "logits": teacher, "labels": labels, "pre_logits": torch.zeros(512, 6).half()}
+    heads = torch.nn.ModuleList([build_head(HeadSpec("linear", 0, 6, None, 0, 6, 3))])
+    cfg = ExitTrainConfig(epochs=30, lr=0.05, batch_size=64, max_images=None, max_minutes=None, loss=loss)
+    _train_heads(heads, cache, cfg, seed=0)
+    with torch.no_grad():
+        predicted = heads[0](tokens)[0].argmax(-1)
+    if loss == "ce":
+        assert (predicted == labels).float().mean() > 0.8 and "cross-entropy" in head_loss(cfg)
+    else:
+        assert (predicted == 0).all() and "KL" in head_loss(cfg)
+
+
 def test_thresholds_are_calibrated_on_val_data_when_given(train_folder, tmp_path):
     """compress --val-data: the heads train on every training image and the thresholds come
     from the validation images; the record says so and the after-export gate draws the same

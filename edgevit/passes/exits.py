@@ -5,7 +5,7 @@
 2. The frozen backbone runs once over a seeded subset of --train-data; the tokens at every
    exit, the final logits and pre-logits are cached (fp16, capped by ``cache_gb``), so the
    heads train in minutes: self-distillation (KL to the final classifier, optional feature
-   loss) through the shared training loop.
+   loss; or ``loss: ce``, cross-entropy on the labels) through the shared training loop.
 3. Images held out from that subset (never --data, which measures the result) calibrate
    the exit rule per exit: the cheapest cascade whose top-1 stays within
    ``max_accuracy_drop`` points of the full model on those images.
@@ -157,10 +157,14 @@ def _train_heads(heads: nn.ModuleList, cache: dict[str, Any], cfg: ExitTrainConf
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         target = F.log_softmax(cache["logits"][index] / t, -1)
+        labels = cache["labels"][index]
         loss = torch.zeros(())
         for head, tokens in zip(heads, cache["tokens"]):
             logits, embedding = head(tokens[index].float())
-            loss = loss + F.kl_div(F.log_softmax(logits / t, -1), target, log_target=True, reduction="batchmean") * t * t
+            if cfg.loss == "ce":  # the labels, not the model: an exit then learns what the final classifier gets wrong too
+                loss = loss + F.cross_entropy(logits, labels)
+            else:
+                loss = loss + F.kl_div(F.log_softmax(logits / t, -1), target, log_target=True, reduction="batchmean") * t * t
             if cfg.feature_weight and embedding is not None:
                 loss = loss + cfg.feature_weight * F.mse_loss(embedding, cache["pre_logits"][index].float())
         return loss
@@ -169,6 +173,12 @@ def _train_heads(heads: nn.ModuleList, cache: dict[str, Any], cfg: ExitTrainConf
     record = train_loop(list(heads.parameters()), epoch_batches, batch_loss, cfg, "training exit heads (self-distillation)")
     heads.eval()
     return record
+
+
+def head_loss(cfg: ExitTrainConfig) -> str:
+    """What the heads were trained on, in words (the record and the report)."""
+    loss = "cross-entropy on the labels" if cfg.loss == "ce" else f"self-distillation KL (T={cfg.temperature})"
+    return loss + (f" + {cfg.feature_weight} x feature MSE" if cfg.feature_weight else "")
 
 
 def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.ndarray]:
@@ -324,8 +334,7 @@ class ExitsPass:
         cache_s = time.monotonic() - started
         cache_mb = sum(t.numel() * t.element_size() for t in [*train_cache["tokens"], train_cache["pre_logits"]]) / 1e6
         training = _train_heads(model.edgevit_exits, train_cache, cfg.train, ctx.seed)
-        training.update({"what": "exit heads only (backbone frozen)", "loss": f"self-distillation KL (T={cfg.train.temperature})"
-                         + (f" + {cfg.train.feature_weight} x feature MSE" if cfg.train.feature_weight else ""),
+        training.update({"what": "exit heads only (backbone frozen)", "loss": head_loss(cfg.train),
                          "images_per_epoch": len(train_samples), "train_data": root, "seed": ctx.seed,
                          "feature_cache_mb": round(cache_mb, 1), "feature_cache_s": round(cache_s, 1),
                          "batch_size": cfg.train.batch_size, "lr": cfg.train.lr})
