@@ -144,3 +144,41 @@ def test_a_registered_session_class_without_prepare_gets_the_default():
         runtime = "bare-test"
 
     assert Bare.prepare(Bare(), {"input": np.zeros((1, 4), np.float32)}) is False
+
+
+def test_many_inputs_run_in_chunks_with_the_same_outputs(matmul_onnx):
+    """--input with more images than a chunk (the exits pass sends 5000-8000 held-out
+    images; one call on all of them once held every activation at once: killed, out of memory)."""
+    path, w, b = matmul_onnx
+    x = np.random.default_rng(2).standard_normal((150, 4)).astype(np.float32)
+    result = LocalTransport().run(path, runs=0, warmup=0, threads=1, batch=1, inputs=x)
+    np.testing.assert_allclose(result.outputs["logits"], x @ w + b, rtol=1e-5, atol=1e-6)
+
+
+class _Recorder:
+    def __init__(self, first_dim, batch_axis=True):
+        self.inputs = [("x", [first_dim, 4], "float32")]
+        self.calls, self.batch_axis = [], batch_axis
+
+    def run(self, feeds):
+        x = feeds["x"]
+        self.calls.append(len(x))
+        return {"y": x * 2 if self.batch_axis else np.float32(len(x))}
+
+
+@pytest.mark.parametrize("first_dim, chunk", [("batch", 64), (8, 64), (48, 48), (100, 100)])
+def test_chunks_are_a_multiple_of_a_fixed_graph_batch(first_dim, chunk):
+    runner = runner_module()
+    fed = 3 * chunk + (first_dim if isinstance(first_dim, int) else 5)  # a last, smaller chunk
+    session = _Recorder(first_dim)
+    x = np.arange(fed * 4, dtype=np.float32).reshape(fed, 4)
+    out = runner.run_in_chunks(session, {"x": x})
+    np.testing.assert_array_equal(out["y"], x * 2)
+    assert max(session.calls) == chunk and sum(session.calls) == fed
+    assert all(c % (first_dim if isinstance(first_dim, int) else 1) == 0 for c in session.calls)
+
+
+def test_an_output_without_a_batch_axis_is_not_concatenated_by_mistake():
+    runner = runner_module()
+    with pytest.raises(runner.RunnerFailure, match="no batch axis"):
+        runner.run_in_chunks(_Recorder("batch", batch_axis=False), {"x": np.zeros((130, 4), np.float32)})
