@@ -282,3 +282,22 @@ def test_bench_exits_run_of_one_model_carries_the_others_rows():
     assert _calibration_of({"calibration": {"rule": "confidence"}}) == "train" == _calibration_of({})
     assert _calibration_of({"calibration": "val"}) == "val"
     assert _carry_earlier(None, ["swin_tiny_c10"], {}, []) == {}
+
+
+def test_bench_pareto_shows_a_cascade_that_fell_back_instead_of_dropping_it(tmp_path):
+    """A recipe whose cascade the speed gate replaced by the plain model gets a row saying so
+    (the table once skipped it: a reader saw no cascade and no reason)."""
+    from edgevit.bench.pareto import _cascade_rows
+
+    gate = {"published": "reference (the network without exits)", "mean_ms": 4.2, "full_model_mean_ms": 4.0, "speedup_mean": 0.95}
+    measured = {"evaluated": True, "images": 100, "accuracy": 0.7, "full_model_accuracy": 0.71, "exit_rates": [0.5, 0.5],
+                "latency": {"mean_ms": 2.0}, "full_model_latency": {"mean_ms": 3.0}, "speedup_mean": 1.5}
+    report = {"artifacts": [{"name": "x86-openvino", "cascade_gate": gate}, {"name": "x86-onnxruntime", "cascade_gate": {}}],
+              "cascade": {"artifacts": {"x86-openvino": {"evaluated": False, "reason": "published without exits"},
+                                        "x86-onnxruntime": measured}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    rows = _cascade_rows({"vit_tiny_c10": {"runs": {"exits_deit": str(tmp_path)}}}, None)
+    by_runtime = {r[2]: r for r in rows}
+    assert by_runtime["x86-onnxruntime"][-1] == "1.50x"
+    assert "reference (the network without exits) published" in by_runtime["x86-openvino"][6]
+    assert by_runtime["x86-openvino"][-1].startswith("0.95x at the gate")
