@@ -1057,17 +1057,17 @@ def chunk_size(session):
     return max(fixed, RUN_CHUNK // fixed * fixed)
 
 
-def run_in_chunks(session, feeds):
-    """``session.run`` over the batch in chunks, outputs concatenated along the batch."""
+def run_in_chunks(session, feeds, step):
+    """``session.run`` over the batch ``step`` inputs at a time, outputs concatenated along the batch."""
     n = len(next(iter(feeds.values())))
-    step = chunk_size(session)
     if n <= step:
         return session.run(feeds)
-    parts = [session.run(dict((k, v[i:i + step]) for k, v in feeds.items())) for i in range(0, n, step)]
+    starts = range(0, n, step)
+    parts = [session.run(dict((k, v[i:i + step]) for k, v in feeds.items())) for i in starts]
+    sizes = [min(step, n - i) for i in starts]
     out = {}
     for name in parts[0]:
         values = [np.asarray(p[name]) for p in parts]
-        sizes = [min(step, n - i) for i in range(0, n, step)]
         if any(v.ndim == 0 or v.shape[0] != m for v, m in zip(values, sizes)):
             raise RunnerFailure("output {} has no batch axis, so {} inputs cannot be run {} at a time; "
                                 "run at most {} inputs per call".format(name, n, step, step))
@@ -1083,10 +1083,11 @@ def run(args):
     if args.input:
         given = np.load(args.input)
         feeds = {session.inputs[0][0]: given.astype(np.float32)}
-        np.savez(args.output, **run_in_chunks(session, feeds))
+        step = chunk_size(session)
+        np.savez(args.output, **run_in_chunks(session, feeds, step))
         result["output_file"] = args.output
         profiled = open_artifact(args.artifact, args.threads, True, args.runtime) if session.reopen_to_profile else session
-        result["executed"] = profiled.executed(dict((k, v[:chunk_size(session)]) for k, v in feeds.items()))
+        result["executed"] = profiled.executed(dict((k, v[:step]) for k, v in feeds.items()))
         result["executed"]["precision"] = executed_precision(profiled.runtime, result["executed"].get("compute_ops"))
         if args.runs > 0 and hasattr(profiled, "op_times"):  # where the time goes at batch 1 (a check-only run skips it)
             # a session whose counters survive `executed` is reused (OpenVINO); ORT's trace ended there

@@ -172,7 +172,7 @@ def test_chunks_are_a_multiple_of_a_fixed_graph_batch(first_dim, chunk):
     fed = 3 * chunk + (first_dim if isinstance(first_dim, int) else 5)  # a last, smaller chunk
     session = _Recorder(first_dim)
     x = np.arange(fed * 4, dtype=np.float32).reshape(fed, 4)
-    out = runner.run_in_chunks(session, {"x": x})
+    out = runner.run_in_chunks(session, {"x": x}, runner.chunk_size(session))
     np.testing.assert_array_equal(out["y"], x * 2)
     assert max(session.calls) == chunk and sum(session.calls) == fed
     assert all(c % (first_dim if isinstance(first_dim, int) else 1) == 0 for c in session.calls)
@@ -181,4 +181,5 @@ def test_chunks_are_a_multiple_of_a_fixed_graph_batch(first_dim, chunk):
 def test_an_output_without_a_batch_axis_is_not_concatenated_by_mistake():
     runner = runner_module()
     with pytest.raises(runner.RunnerFailure, match="no batch axis"):
-        runner.run_in_chunks(_Recorder("batch", batch_axis=False), {"x": np.zeros((130, 4), np.float32)})
+        session = _Recorder("batch", batch_axis=False)
+        runner.run_in_chunks(session, {"x": np.zeros((130, 4), np.float32)}, runner.chunk_size(session))
