@@ -51,4 +51,6 @@ def measure_top1(predictors: dict[str, Predictor], folder: ImageFolder, n: int |
         "dataset": str(folder.root), "n": counter.n, "seed": seed, "label_mapping": how,
         "top1": {k: v["top1"] for k, v in per.items()},
         key: {k: v[key] for k, v in per.items() if k != reference},
+        # paired standard error of each top-1 change against the reference, same images
+        "change_se": {k: v[f"change_se_vs_{reference}"] for k, v in per.items() if k != reference},
     }

@@ -43,6 +43,28 @@ def test_top1_counter():
     result = counter.result()
     assert result["ref"]["top1"] == pytest.approx(2 / 3) and result["b"]["top1"] == 1.0
     assert result["b"]["agreement_with_ref"] == pytest.approx(2 / 3)
+    # paired: the one image where only b is right carries the change (+1/3) and its error
+    assert result["ref"]["change_se_vs_ref"] == 0.0
+    assert result["b"]["change_se_vs_ref"] == pytest.approx(np.sqrt(1 - 1 / 3) / 3)
+
+
+def test_top1_change_se_matches_the_spread_of_resampled_test_sets():
+    """The paired standard error is what a different draw of test images would move the
+    change by: compared with the spread of the change over bootstrap resamples."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = rng.integers(0, 2, n)
+    ref_right = rng.random(n) < 0.78
+    flip = rng.random(n) < 0.06  # b differs from the reference on 6 % of the images
+    b_right = np.where(flip, ~ref_right, ref_right)
+    logits = {"ref": np.eye(2)[np.where(ref_right, labels, 1 - labels)], "b": np.eye(2)[np.where(b_right, labels, 1 - labels)]}
+    counter = Top1Counter(["ref", "b"], reference="ref")
+    counter.update(labels, logits)
+    boot = []
+    for _ in range(400):
+        i = rng.integers(0, n, n)
+        boot.append(b_right[i].mean() - ref_right[i].mean())
+    assert counter.result()["b"]["change_se_vs_ref"] == pytest.approx(np.std(boot), rel=0.15)
 
 
 def test_flops_count_linear_and_attention():
