@@ -34,7 +34,11 @@ def artifact_predictor(session: Any, output: str | None = None) -> Predictor:
 
 
 def measure_top1(predictors: dict[str, Predictor], folder: ImageFolder, n: int | None, seed: int,
-                 data_config: dict[str, Any], batch_size: int, label_names: Sequence[str] | None) -> dict[str, Any]:
+                 data_config: dict[str, Any], batch_size: int, label_names: Sequence[str] | None,
+                 change_against: str | None = None) -> dict[str, Any]:
+    """Top-1 of every predictor on the same images; agreement with the first one; and the
+    paired standard error of each one's top-1 change against ``change_against`` (default:
+    the first one)."""
     samples = folder.subset(n, seed)
     mapping, how = label_map(folder.classes, label_names)
     remap = np.asarray(mapping)
@@ -51,6 +55,7 @@ def measure_top1(predictors: dict[str, Predictor], folder: ImageFolder, n: int |
         "dataset": str(folder.root), "n": counter.n, "seed": seed, "label_mapping": how,
         "top1": {k: v["top1"] for k, v in per.items()},
         key: {k: v[key] for k, v in per.items() if k != reference},
-        # paired standard error of each top-1 change against the reference, same images
-        "change_se": {k: v[f"change_se_vs_{reference}"] for k, v in per.items() if k != reference},
+        # paired standard error of each top-1 change, same images
+        "change_se_against": change_against or reference,
+        "change_se": {k: counter.change_se(k, change_against) for k in predictors if k != (change_against or reference)},
     }

@@ -427,7 +427,8 @@ def _evaluate(model, original, loaded: LoadedModel, folder: ImageFolder, data_co
         session = runner.open_artifact(str(stage / a["path"]), recipe.profile.threads, runtime=a["checked_in"])
         predictors[a["name"]] = artifact_predictor(session, OUTPUT_NAME)
     return measure_top1(predictors, folder, recipe.evaluation.n, recipe.seed, data_config,
-                        recipe.evaluation.batch_size, loaded.label_names)
+                        recipe.evaluation.batch_size, loaded.label_names,
+                        change_against="uncompressed" if original is not None else None)
 
 
 def _evaluate_cascades(loaded: LoadedModel, folder: ImageFolder | None, data_config, recipe: Recipe, stage: Path,

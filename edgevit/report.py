@@ -176,14 +176,18 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
         else:
             speed = "not timed" + (f": {base['reason']}" if base.get("reason") else (": " + a["where_run"] if a["checked_in"] != a["runtime"] else ""))
         t = top1.get(a["name"])
-        acc_text = "-" if t is None else f"{t:.4f}" + (f" ({(t - before) * 100:+.2f} pt)" if before is not None else "")
+        se = (acc.get("change_se") or {}).get(a["name"]) if acc.get("change_se_against") == "uncompressed" else None
+        acc_text = "-" if t is None else f"{t:.4f}" + (f" ({(t - before) * 100:+.2f}{'' if se is None else f' +- {se * 100:.2f}'} pt)"
+                                                       if before is not None else "")
         runs_as = f"{a['runtime']} {a['executed_precision']}" + (" (simulated layers)" if a["simulated"] else "")
         if (a.get("float_form") or {}).get("published") == "float":
             runs_as += " (float form: faster here than int8, see below)"
         lines.append(f"| {a['name']} | {runs_as} | {size} | {speed} | {acc_text} | {'passed' if a['check']['passed'] else 'FAILED'} "
                      f"| {a['where_run']} |")
     if before is not None:
-        lines.append(f"\ntop-1 change against the model as loaded ({before:.4f} in PyTorch on the same {acc.get('n')} images).")
+        lines.append(f"\ntop-1 change against the model as loaded ({before:.4f} in PyTorch on the same {acc.get('n')} images)"
+                     + ("; +- its paired standard error (images where exactly one of the two is right): a change within "
+                        "twice that is not told apart from noise." if acc.get("change_se_against") == "uncompressed" else "."))
     if report["model"].get("random_weights"):
         lines.append("\nRandom weights: size and latency are real, top-1 is meaningless.")
     return lines

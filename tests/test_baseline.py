@@ -37,7 +37,10 @@ def test_compress_times_the_uncompressed_model_and_reports_it(cli, write_recipe,
     assert base["size_ratio"] > 1.2  # -30 % FLOPs by removing heads/channels: a smaller file than the float model
     assert report["profile"]["x86-onnxruntime"]["baseline"]["cpu_time_ms"] == base["cpu_time_ms"]
     assert "uncompressed" in report["accuracy"]["top1"]
+    acc = report["accuracy"]  # each change against the model as loaded comes with its paired standard error
+    assert acc["change_se_against"] == "uncompressed" and set(acc["change_se"]) == {"pytorch", "x86-onnxruntime"}
     md = (tmp_path / "run" / "report.md").read_text()
+    assert "paired standard error" in md
     assert md.index("## Summary: what you got, per target") < md.index("## Passes")  # the first screen
     assert "x smaller" in md and "speed-up vs uncompressed" in md
     assert not list((tmp_path / "run").rglob("baseline-*"))  # baselines are timed, not published
@@ -73,6 +76,14 @@ def test_summary_flags_an_artifact_slower_than_the_float_model():
     slow = render_markdown(_report(0.8))
     assert "**NOT FASTER than the uncompressed model**" in slow and "(-1.00 pt)" in slow and "3.29x smaller" in slow
     assert "NOT FASTER" not in render_markdown(_report(1.9))
+
+
+def test_summary_gives_the_top1_change_with_its_standard_error():
+    report = _report(1.9)
+    assert "+-" not in render_markdown(report).split("## Summary")[1].split("\n## ")[0]  # older reports: no s.e.
+    report["accuracy"] |= {"change_se_against": "uncompressed", "change_se": {"pytorch": 0.004, "x86-openvino": 0.004}}
+    summary = render_markdown(report).split("## Summary")[1].split("\n## ")[0]
+    assert "(-1.00 +- 0.40 pt)" in summary and "paired standard error" in summary
 
 
 def test_recipe_level_finetune_distills_the_whole_stack(cli, write_recipe, images, tmp_path):

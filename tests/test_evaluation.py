@@ -46,6 +46,7 @@ def test_top1_counter():
     # paired: the one image where only b is right carries the change (+1/3) and its error
     assert result["ref"]["change_se_vs_ref"] == 0.0
     assert result["b"]["change_se_vs_ref"] == pytest.approx(np.sqrt(1 - 1 / 3) / 3)
+    assert counter.change_se("ref", against="b") == pytest.approx(result["b"]["change_se_vs_ref"])  # symmetric
 
 
 def test_top1_change_se_matches_the_spread_of_resampled_test_sets():
