@@ -50,12 +50,13 @@ def measure_top1(predictors: dict[str, Predictor], folder: ImageFolder, n: int |
             counter.update(remap[y.numpy()], {name: predict(x) for name, predict in predictors.items()})
             advance(len(y))
     per = counter.result()
+    against = change_against or reference
     key = f"agreement_with_{reference}"
     return {
         "dataset": str(folder.root), "n": counter.n, "seed": seed, "label_mapping": how,
         "top1": {k: v["top1"] for k, v in per.items()},
         key: {k: v[key] for k, v in per.items() if k != reference},
         # paired standard error of each top-1 change, same images
-        "change_se_against": change_against or reference,
-        "change_se": {k: counter.change_se(k, change_against) for k in predictors if k != (change_against or reference)},
+        "change_se_against": against,
+        "change_se": {k: counter.change_se(k, against) for k in predictors if k != against},
     }

@@ -157,6 +157,7 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
     acc = report.get("accuracy") or {}
     top1 = acc.get("top1", {})
     before = top1.get("uncompressed", top1.get("pytorch") if not report["passes"] else None)
+    change_se = (acc.get("change_se") or {}) if acc.get("change_se_against") == "uncompressed" else {}  # older reports: none
     lines = ["", "## Summary: what you got, per target", "",
              "| target | runs as | size | speed-up vs uncompressed (CPU time, interleaved) | top-1 (change) | check | where run |",
              "|---|---|---|---|---|---|---|"]
@@ -176,7 +177,7 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
         else:
             speed = "not timed" + (f": {base['reason']}" if base.get("reason") else (": " + a["where_run"] if a["checked_in"] != a["runtime"] else ""))
         t = top1.get(a["name"])
-        se = (acc.get("change_se") or {}).get(a["name"]) if acc.get("change_se_against") == "uncompressed" else None
+        se = change_se.get(a["name"])
         acc_text = "-" if t is None else f"{t:.4f}" + (f" ({(t - before) * 100:+.2f}{'' if se is None else f' +- {se * 100:.2f}'} pt)"
                                                        if before is not None else "")
         runs_as = f"{a['runtime']} {a['executed_precision']}" + (" (simulated layers)" if a["simulated"] else "")
@@ -187,7 +188,7 @@ def _summary_section(report: dict[str, Any]) -> list[str]:
     if before is not None:
         lines.append(f"\ntop-1 change against the model as loaded ({before:.4f} in PyTorch on the same {acc.get('n')} images)"
                      + ("; +- its paired standard error (images where exactly one of the two is right): a change within "
-                        "twice that is not told apart from noise." if acc.get("change_se_against") == "uncompressed" else "."))
+                        "twice that is not told apart from noise." if change_se else "."))
     if report["model"].get("random_weights"):
         lines.append("\nRandom weights: size and latency are real, top-1 is meaningless.")
     return lines
