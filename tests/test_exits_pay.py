@@ -240,7 +240,7 @@ def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, s
     monkeypatch.setattr(exits_module, "holdout_exit_logits", lambda model, holdout: [logits])
     holdout = {"labels": torch.from_numpy(labels), "logits": torch.from_numpy(np.eye(10, dtype=np.float32)[labels] * 10)}
     costs = {"stage_ms": [1.0, 1.0], "head_ms": [0.01]}
-    keep, thresholds, metrics = exits_module.calibrate_exits(model, holdout, "auto", 0.0, loaded.input_size, costs)
+    keep, thresholds, metrics = exits_module.calibrate_exits(model, holdout, "auto", 0.0, 0.0, loaded.input_size, costs)
     assert metrics["rule"] == expected_rule and keep == [0]
     by_rule = metrics["expected_latency_ms_by_rule"]
     assert by_rule[expected_rule] < min(by_rule.values()) + 1e-12 and len(by_rule) == 2
@@ -253,7 +253,7 @@ def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, s
         assert thresholds[0] < 1.0
     # a fixed rule is kept as asked, even when it is the dearer one
     other = "entropy" if expected_rule == "confidence" else "confidence"
-    _, _, fixed = exits_module.calibrate_exits(model, holdout, other, 0.0, loaded.input_size, costs)
+    _, _, fixed = exits_module.calibrate_exits(model, holdout, other, 0.0, 0.0, loaded.input_size, costs)
     assert fixed["rule"] == other and list(fixed["expected_latency_ms_by_rule"]) == [other]
     assert fixed["expected_latency_ms"] > metrics["expected_latency_ms"]
 

@@ -41,6 +41,7 @@ LARGE_MODEL, ESTIMATE_FROM = "deit_small_patch16_224", "vit_tiny_c10"
 THREADS = 1  # one image at a time on one thread: the least noisy latency this shared machine gives
 EXITS = {"count": 4, "rule": "auto", "holdout_images": 8000,  # 2000 left a 0.5 pt noise on sub-point budgets
          "train": {"epochs": 10, "lr": 1e-3, "batch_size": 128, "max_images": 40000, "max_minutes": 8}}
+MARGIN_SE = ExitsConfig().calibration_margin  # what compress keeps in reserve by default
 VAL_IMAGES = 2000  # the --val-data table: test images that calibrate (seeded draw); the other 8000 report
 CALIBRATIONS = {  # how the thresholds were calibrated -> the table that reports it
     "train": "held-out train images",
@@ -117,7 +118,7 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
     calib, gate_set, eval_set = source
     heads, specs = exits_pass.trained
     model.edgevit_exits, model.edgevit_exit_specs = torch.nn.ModuleList(heads), list(specs)
-    keep, thresholds, metrics = calibrate_exits(model, calib, EXITS["rule"], budget, input_size, exits_pass.costs)
+    keep, thresholds, metrics = calibrate_exits(model, calib, EXITS["rule"], budget, MARGIN_SE, input_size, exits_pass.costs)
     keep_exits(model, keep)
     if not keep:
         return [], [], []
@@ -140,7 +141,7 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         check_images = gate_set["images"][:CHAIN_CHECK_IMAGES]  # the exported stages' outputs, as compress checks
         chosen = select_exits_on_target(bundle.path, export_ctx.cache[cascade_forms_key(bundle.path)], time_gate,
                                         chain_check(run_stages, check_images, *run_stages(check_images)),
-                                        exit_logits, final_logits, labels, metrics["rule"], budget,
+                                        exit_logits, final_logits, labels, metrics["rule"], budget, MARGIN_SE,
                                         deployed_cumulative_costs(metrics))
         gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
         form = chosen["chosen"]["form"]
@@ -150,7 +151,8 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         measured = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
         lat, full = measured["latency"], measured["full_model_latency"]
         rows.append([name, profile.runtime, f"{budget:g} pt",
-                     f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f}",
+                     f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f} "
+                     f"+- {metrics['holdout_drop_se'] * 100:.2f}",
                      f"{measured['accuracy']:.4f}", f"{measured['full_model_accuracy']:.4f}",
                      f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
                      "blocks " + ",".join(str(specs[k].block + 1) for k in deployed) + f" ({metrics['rule']}): "
@@ -270,7 +272,9 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
 @section("exits", "Early exits: LGViT cascades in ONNX Runtime and OpenVINO",
          f"Reference models, exit heads trained on a frozen backbone (self-distillation on up to {EXITS['train']['max_images']} "
          f"seeded CIFAR-10 train images, {EXITS['train']['epochs']} epochs), thresholds calibrated for three top-1 budgets "
-         f"(rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
+         f"(drop + {MARGIN_SE:g} paired standard error within the budget, compress's default; the calibration drop column "
+         "gives drop +- s.e.; "
+         f"rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
          f"exits column names it) on {EXITS['holdout_images']} other train images (first table: what compress does without "
          f"--val-data) and, in the second table, on {VAL_IMAGES} seeded CIFAR-10 test images (compress --val-data), the "
          "exported cascade then reported on the other test images, which nothing calibrated on. Each cascade is run by the "

@@ -197,8 +197,8 @@ def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.nd
 EXIT_RULES = ("confidence", "entropy")
 
 
-def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_drop_points: float, input_size,
-                    costs: dict[str, list[float]]) -> tuple[list[int], list[float | None], dict[str, Any]]:
+def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_drop_points: float, margin_se: float,
+                    input_size, costs: dict[str, list[float]]) -> tuple[list[int], list[float | None], dict[str, Any]]:
     """Which of the attached exits pay, and their thresholds (rule units), from the cached
     held-out features and the measured cost of each stage and head (``exit_costs``): the
     exits kept (indices into the attached heads), thresholds and what they give there
@@ -208,7 +208,7 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
     stage_ms, head_ms = np.array(costs["stage_ms"]), np.array(costs["head_ms"])
     by_rule = {r: select_exits(np.stack([confidence_scores(z, r) for z in exit_logits]), correct, stage_ms, head_ms,
-                               max_drop_points / 100.0)
+                               max_drop_points / 100.0, margin_se)
                for r in (EXIT_RULES if rule == "auto" else (rule,))}
     rule = min(by_rule, key=lambda r: by_rule[r]["outcome"].expected_cost)  # ties: the first of EXIT_RULES
     chosen = by_rule[rule]
@@ -218,7 +218,8 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     thresholds = [to_rule_units(t, rule) for t in chosen["thresholds"]]
     return keep, thresholds, {
         "rule": rule, "expected_latency_ms_by_rule": {r: round(c["outcome"].expected_cost, 4) for r, c in by_rule.items()},
-        **_outcome_metrics(outcome, chosen["full_accuracy"], len(labels), chosen["search"], flops, count_flops(model, input_size)),
+        **_outcome_metrics(outcome, chosen["full_accuracy"], len(labels), chosen["search"], margin_se, flops,
+                           count_flops(model, input_size)),
         "holdout_top1_per_exit": correct[:-1].mean(1).tolist(),
         "exit_selection": {
             "kept": keep, "dropped": [e for e in range(len(head_ms)) if e not in keep],
@@ -230,25 +231,28 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     }
 
 
-def _outcome_metrics(outcome, full_accuracy: float, n: int, search: str, stage_flops: list[int], full_flops: int) -> dict[str, Any]:
+def _outcome_metrics(outcome, full_accuracy: float, n: int, search: str, margin_se: float, stage_flops: list[int],
+                     full_flops: int) -> dict[str, Any]:
     expected_flops = float(np.dot(outcome.exit_rates, np.cumsum(stage_flops)))
     return {"holdout_images": n, "holdout_top1_full": full_accuracy, "holdout_top1_cascade": outcome.accuracy,
+            "holdout_drop_se": outcome.drop_se, "calibration_margin_se": margin_se,
             "exit_rates": outcome.exit_rates, "threshold_search": search,
             "flops_per_stage": list(stage_flops), "flops_full_model": full_flops, "expected_flops": expected_flops,
             "expected_flops_reduction": 1 - expected_flops / full_flops}
 
 
 def thresholds_for(exit_logits: list[np.ndarray], final_logits: np.ndarray, labels: np.ndarray, rule: str,
-                   max_drop_points: float, stage_ms: list[float], stage_flops: list[int], full_flops: int
-                   ) -> tuple[list[float | None], dict[str, Any]]:
+                   max_drop_points: float, margin_se: float, stage_ms: list[float], stage_flops: list[int],
+                   full_flops: int) -> tuple[list[float | None], dict[str, Any]]:
     """Thresholds (rule units) for the deployed exits from their logits on held-out images,
     at the lowest expected latency (``stage_ms``: each stage with its head); used on a
     runtime's outputs after quantization."""
     scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, final_logits]])
-    result = calibrate(scores, correct, np.cumsum(stage_ms), max_drop_points / 100.0)
+    result = calibrate(scores, correct, np.cumsum(stage_ms), max_drop_points / 100.0, margin_se)
     return [to_rule_units(t, rule) for t in result["thresholds"]], {
-        **_outcome_metrics(result["outcome"], result["full_accuracy"], len(labels), result["search"], stage_flops, full_flops),
+        **_outcome_metrics(result["outcome"], result["full_accuracy"], len(labels), result["search"], margin_se,
+                           stage_flops, full_flops),
         "holdout_top1_per_exit": correct[:-1].mean(1).tolist(), "expected_latency_ms": result["outcome"].expected_cost}
 
 
@@ -343,7 +347,8 @@ class ExitsPass:
         costs = exit_costs(model, ctx.input_size)
         # kept so a caller (the bench) can re-select and re-calibrate at other budgets without re-training
         self.holdout, self.costs, self.trained = hold_cache, costs, (list(model.edgevit_exits), list(specs))
-        keep, thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop, ctx.input_size, costs)
+        keep, thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop,
+                                                    cfg.calibration_margin, ctx.input_size, costs)
         keep_exits(model, keep)
         kept = [specs[k] for k in keep]
         dropped = [blocks[k] + 1 for k in range(len(specs)) if k not in keep]
@@ -425,7 +430,7 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     selection = select_exits_on_target(
         artifact.bundle_dir, artifact.cascade_forms, lambda: _time_cascade(artifact, images[:n], labels[:n]), check,
         exit_logits, final_logits, labels, record["structure"]["rule"], record["config"]["max_accuracy_drop"],
-        deployed_cumulative_costs(metrics))
+        record["config"]["calibration_margin"], deployed_cumulative_costs(metrics))
     chosen = selection["chosen"]
     blocks = metrics["exit_blocks_1based"]
     summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
@@ -491,7 +496,8 @@ def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, 
     exit_logits, final_logits = _runtime_logits(artifact, images)
     metrics = record["metrics"]
     thresholds, result = thresholds_for(exit_logits, final_logits, labels, record["structure"]["rule"],
-                                        record["config"]["max_accuracy_drop"], _deployed_stage_ms(metrics),
+                                        record["config"]["max_accuracy_drop"], record["config"]["calibration_margin"],
+                                        _deployed_stage_ms(metrics),
                                         metrics["flops_per_stage"], metrics["flops_full_model"])
     before = set_cascade_thresholds(bundle_dir, thresholds)
     return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,

@@ -38,7 +38,7 @@ FORMS_TRIED_LAST = list(FORMS)[-1]  # each candidate is written in every form, i
 def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: Callable[[], dict[str, Any]],
                            check_chain: Callable[[Sequence[int]], dict[str, Any]], exit_logits: list[np.ndarray],
                            final_logits: np.ndarray, labels: np.ndarray, rule: str, max_drop_points: float,
-                           cumulative_costs_of: Callable[[list[int]], np.ndarray]) -> dict[str, Any]:
+                           margin_se: float, cumulative_costs_of: Callable[[list[int]], np.ndarray]) -> dict[str, Any]:
     """Leaves ``bundle_dir`` with the chosen exits in the chosen form (files and
     bundle.json) and returns what was tried.
 
@@ -56,7 +56,8 @@ def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: 
     tried: list[dict[str, Any]] = []
 
     def candidate(exits: list[int]) -> dict[str, Any]:
-        result = calibrate(scores[exits], correct[[*exits, n_exits]], cumulative_costs_of(exits), max_drop_points / 100.0)
+        result = calibrate(scores[exits], correct[[*exits, n_exits]], cumulative_costs_of(exits), max_drop_points / 100.0,
+                           margin_se)
         thresholds: list[float | None] = [None] * n_exits
         for e, t in zip(exits, result["thresholds"]):
             thresholds[e] = to_rule_units(t, rule)
@@ -78,6 +79,7 @@ def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: 
         entry = {"exits": exits, "thresholds": thresholds, "form": form, "speedup_mean": speed[form],
                  "speedup_by_form": speed, "chain_check": timed["chain"].get("check"),
                  "holdout_top1": result["outcome"].accuracy, "holdout_top1_full": result["full_accuracy"],
+                 "holdout_drop_se": result["outcome"].drop_se,
                  "holdout_exit_rates": result["outcome"].exit_rates, "measured": timed[form]["measured"]}
         tried.append(entry)
         return entry

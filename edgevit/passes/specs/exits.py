@@ -38,6 +38,10 @@ class ExitsConfig(PassConfig):
     max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the cascade may lose on held-out images")
     # budgets are fractions of a point: the held-out drop's standard error is about
     # sqrt(disagreement / n) (0.5 pt at 2000 images and 5 % of predictions changed)
+    calibration_margin: float = Field(
+        1.0, ge=0, le=5, description="paired standard errors of the held-out drop kept in reserve: the thresholds keep "
+                                     "drop + margin x s.e. within max_accuracy_drop (0: the drop alone, which the "
+                                     "threshold search overfits to the held-out images)")
     holdout_images: int = Field(5000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
     cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
     train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
