@@ -111,6 +111,16 @@ def _json_db(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def paired_change_se(right: np.ndarray, against: np.ndarray) -> float:
+    """Standard error of mean(right) - mean(against) (booleans per image, the same images):
+    only the images where exactly one of the two is right carry it."""
+    n = len(right)
+    if not n:
+        return 0.0
+    gained, lost = int((right & ~against).sum()), int((~right & against).sum())
+    return float(np.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n)
+
+
 class Top1Counter:
     """Accumulates top-1 of several predictors over one stream of batches, plus their
     agreement with a reference predictor, so images are decoded once for all of them, and
@@ -143,9 +153,7 @@ class Top1Counter:
         2000 images a change that flips 5 % of them reads +-0.5 pt, as large as a 0.5-pt budget."""
         if not self.n:
             return 0.0
-        a, b = np.concatenate(self.right[name]), np.concatenate(self.right[against or self.reference])
-        gained, lost, n = int((a & ~b).sum()), int((~a & b).sum()), self.n
-        return float(np.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n)
+        return paired_change_se(np.concatenate(self.right[name]), np.concatenate(self.right[against or self.reference]))
 
     def result(self) -> dict[str, dict[str, float]]:
         return {

@@ -345,7 +345,7 @@ def test_drop_standard_error_counts_only_images_where_rightness_changes():
     correct = np.array([[True, False, True, False], [False, True, True, False]])  # one exit, then the final
     outcome = CascadeOutcome.simulate(np.array([[1.0, 1.0, 1.0, 1.0]]), correct, np.array([1.0, 2.0]), np.array([0.5]))
     change = np.array([1, -1, 0, 0])  # everybody left at the exit
-    assert outcome.accuracy == 0.5 and np.isclose(outcome.drop_se, change.std(ddof=1) / 2)
+    assert outcome.accuracy == 0.5 and np.isclose(outcome.drop_se, change.std() / 2)
     assert np.isclose(outcome.accuracy_bound(2.0), 0.5 - 2 * outcome.drop_se)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgevit.evaluation import paired_change_se
+
 LEVELS = 100  # candidate thresholds per exit: quantiles of its held-out scores
 
 
@@ -59,10 +61,7 @@ class CascadeOutcome:
         n = scores.shape[1]
         rates = np.bincount(first, minlength=len(costs)) / n
         chosen = correct[first, np.arange(n)]
-        # only the images where the cascade and the final classifier differ in being right carry it
-        change = chosen.astype(np.float64) - correct[-1]
-        se = float(change.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        return cls(float(chosen.mean()), float(costs[first].mean()), rates.tolist(), se)
+        return cls(float(chosen.mean()), float(costs[first].mean()), rates.tolist(), paired_change_se(chosen, correct[-1]))
 
 
 def calibrate(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray, max_drop: float,
