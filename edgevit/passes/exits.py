@@ -7,8 +7,9 @@
    heads train in minutes: self-distillation (KL to the final classifier, optional feature
    loss; or ``loss: ce``, cross-entropy on the labels) through the shared training loop.
 3. Images held out from that subset (never --data, which measures the result) calibrate
-   the exit rule per exit: the cheapest cascade whose top-1 stays within
-   ``max_accuracy_drop`` points of the full model on those images.
+   the exit rule per exit: the cheapest cascade whose top-1, less ``calibration_margin``
+   paired standard errors of its drop, stays within ``max_accuracy_drop`` points of the
+   full model on those images.
 """
 from __future__ import annotations
 
