@@ -290,8 +290,10 @@ def test_recipe_refuses_what_a_cascade_cannot_honour(write_recipe, passes, match
 
 
 def test_compress_with_exits_end_to_end(cli, write_recipe, tmp_path, train_folder, images):
+    # one exit: the choice among several on the target has its own tests (test_exits_on_target);
+    # two exits tripled the timed candidates here (92 s of CI)
     recipe = write_recipe(  # if_slower: keep: a test model's cascade may well be slower; the gate has its own tests
-        "name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 2, holdout_images: 100, max_accuracy_drop: 5, if_slower: keep,\n"
+        "name: t\nmodel: {name: test_vit}\npasses:\n  - {kind: exits, count: 1, holdout_images: 100, max_accuracy_drop: 5, if_slower: keep,\n"
         f"     train: {json.dumps(SMALL_TRAIN)}}}\nexports: [x86-onnxruntime, x86-openvino]\n"
         "evaluation: {check_batch: 4, cascade_n: 6}\nprofile: {runs: 3, warmup: 1}\n")
     out = tmp_path / "run"
@@ -300,7 +302,7 @@ def test_compress_with_exits_end_to_end(cli, write_recipe, tmp_path, train_folde
     result = cli("compress", "--recipe", recipe, "--train-data", train_folder, "--data", images, "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert all(a["check"]["passed"] and set(a["check"]["outputs"]) == {"exit0_logits", "exit1_logits", "logits"}
+    assert all(a["check"]["passed"] and set(a["check"]["outputs"]) == {"exit0_logits", "logits"}
                for a in report["artifacts"])
     for name, run in report["cascade"]["artifacts"].items():
         assert sum(run["exit_histogram"]) == 6 and run["full_model_latency"]["mean_ms"] > 0, name
