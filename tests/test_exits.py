@@ -14,8 +14,8 @@ from edgevit.exporters.base import ExportContext, LoweringPlan, load_profile
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model, load_model_folder, save_model_folder
 from edgevit.passes.base import PassContext
-from edgevit.passes.exit_calibration import CascadeOutcome, calibrate
-from edgevit.passes.exits import ExitsConfig, ExitsPass, exit_blocks, head_specs, holdout_samples
+from edgevit.passes.exit_calibration import CONFIRM_SEED, AccuracyBudget, CascadeOutcome, calibrate
+from edgevit.passes.exits import ExitsConfig, ExitsPass, accuracy_budget, exit_blocks, head_specs, holdout_samples
 from edgevit.passes.tokens import TomeConfig, TomePass
 from edgevit.profiling import runner_module
 
@@ -91,7 +91,7 @@ def _synthetic_cascade(n=4000, seed=0):
 @pytest.mark.parametrize("budget", [0.0, 0.005, 0.02])
 def test_calibration_meets_the_budget_and_saves_cost(budget):
     scores, correct, costs = _synthetic_cascade()
-    result = calibrate(scores, correct, costs, budget)
+    result = calibrate(scores, correct, costs, AccuracyBudget(budget))
     outcome = result["outcome"]
     assert outcome.accuracy >= correct[-1].mean() - budget - 1e-9
     assert outcome.expected_cost <= costs[-1] and abs(sum(outcome.exit_rates) - 1) < 1e-9
@@ -102,7 +102,7 @@ def test_calibration_meets_the_budget_and_saves_cost(budget):
 
 def test_a_larger_budget_never_costs_more():
     scores, correct, costs = _synthetic_cascade(seed=1)
-    spent = [calibrate(scores, correct, costs, b)["outcome"].expected_cost for b in (0.0, 0.01, 0.03, 0.1)]
+    spent = [calibrate(scores, correct, costs, AccuracyBudget(b))["outcome"].expected_cost for b in (0.0, 0.01, 0.03, 0.1)]
     assert spent == sorted(spent, reverse=True) and spent[-1] < 0.8 * costs[-1]
 
 
@@ -353,7 +353,7 @@ def test_drop_standard_error_counts_only_images_where_rightness_changes():
 
 def test_the_margin_keeps_the_drop_and_its_standard_error_within_budget():
     scores, correct, costs = _synthetic_cascade(seed=2)
-    bare, reserved = (calibrate(scores, correct, costs, 0.01, margin_se=m) for m in (0.0, 1.0))
+    bare, reserved = (calibrate(scores, correct, costs, AccuracyBudget(0.01, m)) for m in (0.0, 1.0))
     floor = correct[-1].mean() - 0.01
     assert reserved["outcome"].accuracy - reserved["outcome"].drop_se >= floor - 1e-9 and reserved["margin_se"] == 1.0
     assert bare["outcome"].accuracy - bare["outcome"].drop_se < floor  # without it the search spends the whole budget
@@ -379,7 +379,42 @@ def test_thresholds_calibrated_with_the_margin_keep_the_budget_on_unseen_images(
     for seed in range(8):
         scores, correct, _ = _nested_cascade(1500, seed)
         for margin in drops:
-            thresholds = calibrate(scores, correct, costs, budget, margin_se=margin)["thresholds"]
+            thresholds = calibrate(scores, correct, costs, AccuracyBudget(budget, margin))["thresholds"]
             outcome = CascadeOutcome.simulate(unseen_scores, unseen_correct, costs, thresholds)
             drops[margin].append(unseen_correct[-1].mean() - outcome.accuracy)
     assert np.mean(drops[1.0]) <= budget < np.mean(drops[0.0])
+
+
+def test_confirmed_thresholds_are_searched_on_one_half_and_keep_the_budget_on_the_other():
+    scores, correct, costs = _nested_cascade(3000, seed=3)
+    result = calibrate(scores, correct, costs, AccuracyBudget(0.01, 1.0, confirm=True))
+    confirmation = result["confirmation"]
+    assert confirmation["searched_images"] == confirmation["confirming_images"] == 1500
+    assert 0 < confirmation["path_reached"] <= 1  # some exits, no further than the thresholds searched
+    confirming = np.random.default_rng(CONFIRM_SEED).permutation(3000)[1500:]
+    replay = CascadeOutcome.simulate(scores[:, confirming], correct[:, confirming], costs, result["thresholds"])
+    assert replay.accuracy == result["outcome"].accuracy and result["full_accuracy"] == correct[-1, confirming].mean()
+    assert replay.accuracy_bound(1.0) >= result["full_accuracy"] - 0.01 - 1e-9
+
+
+def test_the_drop_a_confirming_half_reports_is_what_unseen_images_lose():
+    """The search's own images flatter the thresholds it picks (unseen images lose more than
+    they said); the confirming half, which picked nothing, reports what unseen images lose
+    (mean over 8 calibration draws of 1500 images)."""
+    unseen_scores, unseen_correct, costs = _nested_cascade(60000, seed=99)
+    gaps: dict[bool, list[float]] = {False: [], True: []}
+    for seed in range(8):
+        scores, correct, _ = _nested_cascade(1500, seed)
+        for confirm in gaps:
+            result = calibrate(scores, correct, costs, AccuracyBudget(0.005, 1.0, confirm))
+            unseen = CascadeOutcome.simulate(unseen_scores, unseen_correct, costs, result["thresholds"])
+            reported = result["full_accuracy"] - result["outcome"].accuracy
+            gaps[confirm].append(unseen_correct[-1].mean() - unseen.accuracy - reported)
+    assert abs(np.mean(gaps[True])) < 0.0007 < np.mean(gaps[False])
+
+
+@pytest.mark.parametrize("confirmation,source,confirm", [("auto", "--val-data", True), ("auto", "--train-data", False),
+                                                          ("half", "--train-data", True), ("none", "--val-data", False)])
+def test_the_budget_confirms_on_a_half_where_the_config_and_the_images_ask(confirmation, source, confirm):
+    budget = accuracy_budget(ExitsConfig(max_accuracy_drop=0.5, calibration_margin=1.5, confirmation=confirmation), source)
+    assert budget == AccuracyBudget(0.005, 1.5, confirm)

@@ -16,6 +16,7 @@ from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
 from edgevit.passes.exits import ExitsConfig, ExitsPass, head_specs
+from edgevit.passes.exit_calibration import AccuracyBudget
 from edgevit.passes.exits_on_target import KEEP_MARGIN, select_exits_on_target
 from edgevit.profiling import LocalTransport, runner_module
 
@@ -113,7 +114,7 @@ def test_an_exit_stays_only_if_the_target_runs_faster_with_it(exported, tmp_path
     forms = ctx.cache[cascade_forms_key(bundle.path)]
     exit_logits, final, labels = _held_out()
     result = select_exits_on_target(folder, forms, _fake_target(folder, speedups, chain_factor), _passing_check, exit_logits,
-                                    final, labels, "confidence", 1.0, 1.0, lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+                                    final, labels, "confidence", AccuracyBudget(0.01, 1.0), lambda exits: np.arange(1, len(exits) + 2, dtype=float))
     assert result["chosen"]["exits"] == kept and result["keep_margin"] == KEEP_MARGIN
     assert result["chosen"]["form"] == form
     assert [t["exits"] for t in result["tried"]] == [[0, 1], [1], [0]]  # all, then each one left out
@@ -141,7 +142,7 @@ def test_a_chain_that_does_not_match_the_stages_is_not_shipped(exported, tmp_pat
     failing = lambda exits: {"passed": False, "metric": "allclose", "reason": "max |diff| 3 exceeds atol"}  # noqa: E731
     result = select_exits_on_target(folder, ctx.cache[cascade_forms_key(bundle.path)],
                                     _fake_target(folder, {(0, 1): 1.3, (0,): 1.4, (1,): 1.1}, 2.0), failing, exit_logits,
-                                    final, labels, "confidence", 1.0, 1.0, lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+                                    final, labels, "confidence", AccuracyBudget(0.01, 1.0), lambda exits: np.arange(1, len(exits) + 2, dtype=float))
     assert result["chosen"]["form"] == "graph" and result["chosen"]["chain_check"]["passed"] is False
     assert all(set(t["speedup_by_form"]) == {"graph"} for t in result["tried"])
     assert "graph" in json.loads((folder / "bundle.json").read_text())["cascade"]
@@ -192,7 +193,8 @@ def test_after_export_chooses_exits_and_form_through_the_device_runner(exported,
     labels = rng.integers(0, loaded.model.num_classes, 24)
     artifact = ExportedArtifact(folder, False, LocalTransport(), 1, 1, None, {}, None,
                                 {"exits_holdout": (images, labels)}, ctx.cache[cascade_forms_key(bundle.path)])
-    record = {"structure": {"heads": [{}, {}], "rule": "confidence", "thresholds": [0.5, 0.5]},
+    record = {"structure": {"heads": [{}, {}], "rule": "confidence", "thresholds": [0.5, 0.5],
+                            "holdout": {"source": "--train-data"}},
               "config": {"max_accuracy_drop": 50.0, "calibration_margin": 1.0, "if_slower": "keep"},
               "metrics": {"cost_ms": {"stage_ms": [1.0, 1.0, 1.0], "head_ms": [0.1, 0.1]},
                           "exit_selection": {"kept": [0, 1]}, "exit_blocks_1based": [1, 3]}}

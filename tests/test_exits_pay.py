@@ -14,7 +14,7 @@ from edgevit.exporters.cascade_graphs import publish_reference
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
-from edgevit.passes.exit_calibration import cumulative_costs, select_exits
+from edgevit.passes.exit_calibration import AccuracyBudget, cumulative_costs, select_exits
 from edgevit.passes.exits import ExitsConfig, head_specs, _speed_gate, exit_costs
 from edgevit.profiling import runner_module
 
@@ -39,12 +39,12 @@ def _exits(n=3000, seed=0):
 def test_exits_that_cost_more_than_they_save_are_dropped():
     scores, correct = _exits()
     stage = np.array([1.0, 1.0, 1.0, 1.0])
-    cheap = select_exits(scores, correct, stage, np.array([0.01, 0.01, 0.01]), 0.0)
+    cheap = select_exits(scores, correct, stage, np.array([0.01, 0.01, 0.01]), AccuracyBudget(0.0))
     assert 0 in cheap["keep"] and 2 not in cheap["keep"]  # nobody leaves safely at exit 2: its head is pure cost
     assert cheap["outcome"].expected_cost < cheap["full_cost"] and cheap["outcome"].accuracy >= correct[-1].mean() - 1e-9
     steps = [s["expected_cost"] for s in cheap["removal_steps"]]
     assert steps == sorted(steps, reverse=True)  # every removal lowered the expected latency
-    costly = select_exits(scores, correct, stage, np.array([3.0, 3.0, 3.0]), 0.0)
+    costly = select_exits(scores, correct, stage, np.array([3.0, 3.0, 3.0]), AccuracyBudget(0.0))
     assert costly["keep"] == [] and costly["outcome"].expected_cost == costly["full_cost"] == 4.0
 
 
@@ -240,7 +240,7 @@ def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, s
     monkeypatch.setattr(exits_module, "holdout_exit_logits", lambda model, holdout: [logits])
     holdout = {"labels": torch.from_numpy(labels), "logits": torch.from_numpy(np.eye(10, dtype=np.float32)[labels] * 10)}
     costs = {"stage_ms": [1.0, 1.0], "head_ms": [0.01]}
-    keep, thresholds, metrics = exits_module.calibrate_exits(model, holdout, "auto", 0.0, 0.0, loaded.input_size, costs)
+    keep, thresholds, metrics = exits_module.calibrate_exits(model, holdout, "auto", AccuracyBudget(0.0), loaded.input_size, costs)
     assert metrics["rule"] == expected_rule and keep == [0]
     by_rule = metrics["expected_latency_ms_by_rule"]
     assert by_rule[expected_rule] < min(by_rule.values()) + 1e-12 and len(by_rule) == 2
@@ -253,7 +253,7 @@ def test_auto_rule_keeps_the_rule_with_the_lower_expected_latency(monkeypatch, s
         assert thresholds[0] < 1.0
     # a fixed rule is kept as asked, even when it is the dearer one
     other = "entropy" if expected_rule == "confidence" else "confidence"
-    _, _, fixed = exits_module.calibrate_exits(model, holdout, other, 0.0, 0.0, loaded.input_size, costs)
+    _, _, fixed = exits_module.calibrate_exits(model, holdout, other, AccuracyBudget(0.0), loaded.input_size, costs)
     assert fixed["rule"] == other and list(fixed["expected_latency_ms_by_rule"]) == [other]
     assert fixed["expected_latency_ms"] > metrics["expected_latency_ms"]
 

@@ -26,7 +26,8 @@ from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import cumulative_costs
 from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
-from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, ExitsConfig, ExitsPass, cache_features, calibrate_exits, chain_check,
+from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, VAL_SOURCE, ExitsConfig, ExitsPass, accuracy_budget,
+                                  cache_features, calibrate_exits, chain_check,
                                   deployed_cumulative_costs,
                                   exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples,
                                   runtime_stage_logits)
@@ -43,6 +44,7 @@ EXITS = {"count": 4, "rule": "auto", "holdout_images": 8000,  # 2000 left a 0.5 
          "train": {"epochs": 10, "lr": 1e-3, "batch_size": 128, "max_images": 40000, "max_minutes": 8}}
 MARGIN_SE = ExitsConfig().calibration_margin  # what compress keeps in reserve by default
 VAL_IMAGES = 2000  # the --val-data table: test images that calibrate (seeded draw); the other 8000 report
+SOURCES = {"train": "--train-data", "val": VAL_SOURCE}  # what compress would be given, per calibration
 CALIBRATIONS = {  # how the thresholds were calibrated -> the table that reports it
     "train": "held-out train images",
     "val": f"{VAL_IMAGES} test images (compress --val-data)",
@@ -118,7 +120,8 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
     calib, gate_set, eval_set = source
     heads, specs = exits_pass.trained
     model.edgevit_exits, model.edgevit_exit_specs = torch.nn.ModuleList(heads), list(specs)
-    keep, thresholds, metrics = calibrate_exits(model, calib, EXITS["rule"], budget, MARGIN_SE, input_size, exits_pass.costs)
+    accuracy = accuracy_budget(ExitsConfig(**EXITS, max_accuracy_drop=budget), SOURCES[calibration])  # as compress decides
+    keep, thresholds, metrics = calibrate_exits(model, calib, EXITS["rule"], accuracy, input_size, exits_pass.costs)
     keep_exits(model, keep)
     if not keep:
         return [], [], []
@@ -141,7 +144,7 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         check_images = gate_set["images"][:CHAIN_CHECK_IMAGES]  # the exported stages' outputs, as compress checks
         chosen = select_exits_on_target(bundle.path, export_ctx.cache[cascade_forms_key(bundle.path)], time_gate,
                                         chain_check(run_stages, check_images, *run_stages(check_images)),
-                                        exit_logits, final_logits, labels, metrics["rule"], budget, MARGIN_SE,
+                                        exit_logits, final_logits, labels, metrics["rule"], accuracy,
                                         deployed_cumulative_costs(metrics))
         gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
         form = chosen["chosen"]["form"]
@@ -276,7 +279,8 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
          "gives drop +- s.e.; "
          f"rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
          f"exits column names it) on {EXITS['holdout_images']} other train images (first table: what compress does without "
-         f"--val-data) and, in the second table, on {VAL_IMAGES} seeded CIFAR-10 test images (compress --val-data), the "
+         f"--val-data) and, in the second table, on {VAL_IMAGES} seeded CIFAR-10 test images (compress --val-data, so with "
+         "confirmation: auto the thresholds are searched on one half of them and confirmed on the other), the "
          "exported cascade then reported on the other test images, which nothing calibrated on. Each cascade is run by the "
          f"device runner at batch 1, {THREADS} thread, image by image interleaved with the same network without exits (its "
          "export). Speed-up = full-model mean / cascade mean process CPU time per image, measured (p90 is wall time). "

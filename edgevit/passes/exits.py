@@ -40,10 +40,13 @@ from edgevit.exporters.base import Bundle
 from edgevit.exporters.cascade_forms import FORMS
 from edgevit.exporters.cascade_graphs import publish_reference, set_cascade_thresholds
 from edgevit.evaluation import check_outputs
-from edgevit.passes.exit_calibration import calibrate, confidence_scores, cumulative_costs, select_exits, to_rule_units
+from edgevit.passes.exit_calibration import (AccuracyBudget, calibrate, confidence_scores, cumulative_costs, select_exits,
+                                             to_rule_units)
 from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
 from edgevit.training import train_loop
+
+VAL_SOURCE = "--val-data"  # the held-out record's "source" when the thresholds were calibrated on the user's val images
 
 
 def exit_blocks(depth: int, cfg: ExitsConfig) -> list[int]:
@@ -123,7 +126,7 @@ def holdout_samples(record: dict[str, Any], train_data, label_names, val_data=No
     --train-data, or from --val-data where the record says so, so thresholds can be
     re-calibrated on quantized stages and the cascade timed against its reference."""
     h = record["structure"]["holdout"]
-    if h.get("source") == "--val-data":
+    if h.get("source") == VAL_SOURCE:
         if val_data is None:
             raise EdgevitError("exits: the thresholds were calibrated on --val-data images", "pass the same --val-data DIR")
         return _draw(scan_image_folder(val_data, "--val-data"), h["n_holdout"], h["seed"], label_names)
@@ -198,7 +201,16 @@ def holdout_exit_logits(model: nn.Module, holdout: dict[str, Any]) -> list[np.nd
 EXIT_RULES = ("confidence", "entropy")
 
 
-def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_drop_points: float, margin_se: float,
+def accuracy_budget(cfg: ExitsConfig, source: str) -> AccuracyBudget:
+    """The budget the thresholds are calibrated to, from the pass config (or its record) and
+    where the calibration images come from: ``confirmation: auto`` confirms on a held-out
+    half only on --val-data images (on training images the drop is already pessimistic:
+    the backbone fits them, so a confirming half would only cost speed)."""
+    confirm = cfg.confirmation == "half" or (cfg.confirmation == "auto" and source == VAL_SOURCE)
+    return AccuracyBudget(cfg.max_accuracy_drop / 100.0, cfg.calibration_margin, confirm)
+
+
+def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, budget: AccuracyBudget,
                     input_size, costs: dict[str, list[float]]) -> tuple[list[int], list[float | None], dict[str, Any]]:
     """Which of the attached exits pay, and their thresholds (rule units), from the cached
     held-out features and the measured cost of each stage and head (``exit_costs``): the
@@ -208,8 +220,7 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     labels = holdout["labels"].numpy()
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
     stage_ms, head_ms = np.array(costs["stage_ms"]), np.array(costs["head_ms"])
-    by_rule = {r: select_exits(np.stack([confidence_scores(z, r) for z in exit_logits]), correct, stage_ms, head_ms,
-                               max_drop_points / 100.0, margin_se)
+    by_rule = {r: select_exits(np.stack([confidence_scores(z, r) for z in exit_logits]), correct, stage_ms, head_ms, budget)
                for r in (EXIT_RULES if rule == "auto" else (rule,))}
     rule = min(by_rule, key=lambda r: by_rule[r]["outcome"].expected_cost)  # ties: the first of EXIT_RULES
     chosen = by_rule[rule]
@@ -219,8 +230,7 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     thresholds = [to_rule_units(t, rule) for t in chosen["thresholds"]]
     return keep, thresholds, {
         "rule": rule, "expected_latency_ms_by_rule": {r: round(c["outcome"].expected_cost, 4) for r, c in by_rule.items()},
-        **_outcome_metrics(outcome, chosen["full_accuracy"], len(labels), chosen["search"], margin_se, flops,
-                           count_flops(model, input_size)),
+        **_outcome_metrics(chosen, len(labels), budget, flops, count_flops(model, input_size)),
         "holdout_top1_per_exit": correct[:-1].mean(1).tolist(),
         "exit_selection": {
             "kept": keep, "dropped": [e for e in range(len(head_ms)) if e not in keep],
@@ -232,28 +242,30 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, max_dr
     }
 
 
-def _outcome_metrics(outcome, full_accuracy: float, n: int, search: str, margin_se: float, stage_flops: list[int],
+def _outcome_metrics(result: dict[str, Any], n: int, budget: AccuracyBudget, stage_flops: list[int],
                      full_flops: int) -> dict[str, Any]:
+    """``result``: ``calibrate``'s; with a confirming half its top-1 figures are that half's."""
+    outcome = result["outcome"]
     expected_flops = float(np.dot(outcome.exit_rates, np.cumsum(stage_flops)))
-    return {"holdout_images": n, "holdout_top1_full": full_accuracy, "holdout_top1_cascade": outcome.accuracy,
-            "holdout_drop_se": outcome.drop_se, "calibration_margin_se": margin_se,
-            "exit_rates": outcome.exit_rates, "threshold_search": search,
+    return {"holdout_images": n, "holdout_top1_full": result["full_accuracy"], "holdout_top1_cascade": outcome.accuracy,
+            "holdout_drop_se": outcome.drop_se, "calibration_margin_se": budget.margin_se,
+            "threshold_confirmation": result.get("confirmation"),
+            "exit_rates": outcome.exit_rates, "threshold_search": result["search"],
             "flops_per_stage": list(stage_flops), "flops_full_model": full_flops, "expected_flops": expected_flops,
             "expected_flops_reduction": 1 - expected_flops / full_flops}
 
 
 def thresholds_for(exit_logits: list[np.ndarray], final_logits: np.ndarray, labels: np.ndarray, rule: str,
-                   max_drop_points: float, margin_se: float, stage_ms: list[float], stage_flops: list[int],
+                   budget: AccuracyBudget, stage_ms: list[float], stage_flops: list[int],
                    full_flops: int) -> tuple[list[float | None], dict[str, Any]]:
     """Thresholds (rule units) for the deployed exits from their logits on held-out images,
     at the lowest expected latency (``stage_ms``: each stage with its head); used on a
     runtime's outputs after quantization."""
     scores = np.stack([confidence_scores(z, rule) for z in exit_logits])
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, final_logits]])
-    result = calibrate(scores, correct, np.cumsum(stage_ms), max_drop_points / 100.0, margin_se)
+    result = calibrate(scores, correct, np.cumsum(stage_ms), budget)
     return [to_rule_units(t, rule) for t in result["thresholds"]], {
-        **_outcome_metrics(result["outcome"], result["full_accuracy"], len(labels), result["search"], margin_se,
-                           stage_flops, full_flops),
+        **_outcome_metrics(result, len(labels), budget, stage_flops, full_flops),
         "holdout_top1_per_exit": correct[:-1].mean(1).tolist(), "expected_latency_ms": result["outcome"].expected_cost}
 
 
@@ -348,8 +360,9 @@ class ExitsPass:
         costs = exit_costs(model, ctx.input_size)
         # kept so a caller (the bench) can re-select and re-calibrate at other budgets without re-training
         self.holdout, self.costs, self.trained = hold_cache, costs, (list(model.edgevit_exits), list(specs))
-        keep, thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, cfg.max_accuracy_drop,
-                                                    cfg.calibration_margin, ctx.input_size, costs)
+        image_source = "--train-data" if ctx.val_data is None else VAL_SOURCE
+        keep, thresholds, metrics = calibrate_exits(model, hold_cache, cfg.rule, accuracy_budget(cfg, image_source), ctx.input_size,
+                                                    costs)
         keep_exits(model, keep)
         kept = [specs[k] for k in keep]
         dropped = [blocks[k] + 1 for k in range(len(specs)) if k not in keep]
@@ -360,7 +373,7 @@ class ExitsPass:
             progress.warn("exits: no exit pays for itself on this model at this budget; the model is exported without exits")
         structure = {"heads": [_spec_dict(s) for s in kept], "rule": metrics["rule"], "thresholds": thresholds,
                      "holdout": {"seed": ctx.seed, "n_train": len(train_samples), "n_holdout": len(holdout_samples),
-                                 "source": "--train-data" if ctx.val_data is None else "--val-data"}}
+                                 "source": image_source}}
         metrics = {"exit_blocks_1based": [s.block + 1 for s in kept], "head_kinds": [s.kind for s in kept],
                    "trained_exit_blocks_1based": [b + 1 for b in blocks], **metrics,  # holdout_top1_per_exit: every trained exit
                    "head_params": sum(p.numel() for p in model.edgevit_exits.parameters())}
@@ -430,8 +443,8 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     check = chain_check(lambda x: _runtime_logits(artifact, x), images, exit_logits, final_logits)
     selection = select_exits_on_target(
         artifact.bundle_dir, artifact.cascade_forms, lambda: _time_cascade(artifact, images[:n], labels[:n]), check,
-        exit_logits, final_logits, labels, record["structure"]["rule"], record["config"]["max_accuracy_drop"],
-        record["config"]["calibration_margin"], deployed_cumulative_costs(metrics))
+        exit_logits, final_logits, labels, record["structure"]["rule"], _record_budget(record),
+        deployed_cumulative_costs(metrics))
     chosen = selection["chosen"]
     blocks = metrics["exit_blocks_1based"]
     summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
@@ -497,12 +510,15 @@ def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, 
     exit_logits, final_logits = _runtime_logits(artifact, images)
     metrics = record["metrics"]
     thresholds, result = thresholds_for(exit_logits, final_logits, labels, record["structure"]["rule"],
-                                        record["config"]["max_accuracy_drop"], record["config"]["calibration_margin"],
-                                        _deployed_stage_ms(metrics),
+                                        _record_budget(record), _deployed_stage_ms(metrics),
                                         metrics["flops_per_stage"], metrics["flops_full_model"])
     before = set_cascade_thresholds(bundle_dir, thresholds)
     return {"cascade_calibration": {"on": "the quantized stages in this runtime", "thresholds_from_pytorch": before,
                                     "thresholds": thresholds, **result}}
+
+
+def _record_budget(record: dict[str, Any]) -> AccuracyBudget:
+    return accuracy_budget(ExitsConfig(**record["config"]), record["structure"]["holdout"]["source"])
 
 
 def _deployed_stage_ms(metrics: dict[str, Any]) -> list[float]:

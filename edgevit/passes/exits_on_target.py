@@ -25,7 +25,7 @@ import numpy as np
 
 from edgevit import progress
 from edgevit.exporters.cascade_forms import FORMS, CascadeForms
-from edgevit.passes.exit_calibration import calibrate, confidence_scores, to_rule_units
+from edgevit.passes.exit_calibration import AccuracyBudget, calibrate, confidence_scores, to_rule_units
 
 # an exit stays only if the cascade with it is at least this much faster than without it:
 # the interleaved CPU-time ratio of one gate run moves by about 1 % between repeats here,
@@ -37,8 +37,8 @@ FORMS_TRIED_LAST = list(FORMS)[-1]  # each candidate is written in every form, i
 
 def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: Callable[[], dict[str, Any]],
                            check_chain: Callable[[Sequence[int]], dict[str, Any]], exit_logits: list[np.ndarray],
-                           final_logits: np.ndarray, labels: np.ndarray, rule: str, max_drop_points: float,
-                           margin_se: float, cumulative_costs_of: Callable[[list[int]], np.ndarray]) -> dict[str, Any]:
+                           final_logits: np.ndarray, labels: np.ndarray, rule: str, budget: AccuracyBudget,
+                           cumulative_costs_of: Callable[[list[int]], np.ndarray]) -> dict[str, Any]:
     """Leaves ``bundle_dir`` with the chosen exits in the chosen form (files and
     bundle.json) and returns what was tried.
 
@@ -56,8 +56,7 @@ def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: 
     tried: list[dict[str, Any]] = []
 
     def candidate(exits: list[int]) -> dict[str, Any]:
-        result = calibrate(scores[exits], correct[[*exits, n_exits]], cumulative_costs_of(exits), max_drop_points / 100.0,
-                           margin_se)
+        result = calibrate(scores[exits], correct[[*exits, n_exits]], cumulative_costs_of(exits), budget)
         thresholds: list[float | None] = [None] * n_exits
         for e, t in zip(exits, result["thresholds"]):
             thresholds[e] = to_rule_units(t, rule)

@@ -42,6 +42,11 @@ class ExitsConfig(PassConfig):
         1.0, ge=0, le=5, description="paired standard errors of the held-out drop kept in reserve: the thresholds keep "
                                      "drop + margin x s.e. within max_accuracy_drop (0: the drop alone, which the "
                                      "threshold search overfits to the held-out images)")
+    confirmation: Literal["auto", "half", "none"] = Field(
+        "auto", description="half: search the thresholds on one half of the held-out images and confirm them on the other "
+                            "(the drop reported is the confirming half's, an honest estimate; costs speed); auto: half "
+                            "when they come from --val-data (there the search's own choices overspend the budget), none "
+                            "on images held out of --train-data (there the drop is already pessimistic)")
     holdout_images: int = Field(5000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
     cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
     train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
