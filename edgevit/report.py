@@ -110,7 +110,7 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
             lines += ["", f"- {name}: exits chosen on the target: after blocks {chosen['kept_blocks_1based']}"
                       + (f", left out {chosen['dropped_blocks_1based']}" if chosen["dropped_blocks_1based"] else "")
                       + (f"; single images run as {chosen['form_meaning']}" if chosen.get("form_meaning") else "")
-                      + f" (tried, speed-up on held-out train images: {tried})"]
+                      + f" (tried, speed-up on {chosen.get('timed_on', 'held-out train images')}: {tried})"]
             check = chosen.get("chain_check")
             if chosen.get("form") == "chain" and check:
                 lines.append(f"  - the chained stages checked against the exported stages: max |diff| "

@@ -200,6 +200,7 @@ def test_after_export_chooses_exits_and_form_through_the_device_runner(exported,
                           "exit_selection": {"kept": [0, 1]}, "exit_blocks_1based": [1, 3]}}
     added = ExitsPass().after_export(record, artifact)
     chosen = added["exit_selection_on_target"]
+    assert chosen["timed_on"] == "24 images held out of --train-data"
     assert len(chosen["tried"]) >= 3 and sorted(chosen["kept_blocks_1based"] + chosen["dropped_blocks_1based"]) == [1, 3]
     assert added["cascade_gate"]["speedup_mean"] == next(t["speedup_mean"] for t in chosen["tried"]
                                                          if t["blocks_1based"] == chosen["kept_blocks_1based"])
@@ -232,6 +233,7 @@ def test_the_report_lists_the_exits_and_forms_tried_on_the_target():
         "accuracy": 0.7, "full_model_accuracy": 0.71, "exit_histogram": [5, 5], "latency": latency,
         "full_model_latency": latency, "speedup_mean": 1.4, "where_run": "here",
         "exits_chosen_on_target": {"kept_blocks_1based": [1], "dropped_blocks_1based": [5], "form": "chain",
+                                   "timed_on": "500 images from --val-data",
                                    "form_meaning": "chained stages", "chain_check": check,
                                    "tried": [{"blocks_1based": [1, 5], "speedup_mean": 1.33,
                                               "speedup_by_form": {"graph": 1.33, "chain": 1.30}},
@@ -241,6 +243,7 @@ def test_the_report_lists_the_exits_and_forms_tried_on_the_target():
                                               "speedup_by_form": {"graph": 1.42, "chain": 1.52}}]}}}}
     text = "\n".join(_cascade_section(cascade))
     assert "x86-openvino: exits chosen on the target: after blocks [1], left out [5]; single images run as chained stages" in text
+    assert "(tried, speed-up on 500 images from --val-data: blocks [1, 5]" in text
     assert ("blocks [1, 5]: one graph 1.33x / chained 1.30x; blocks [5]: one graph 0.97x / chained 0.95x; "
             "blocks [1]: one graph 1.42x / chained 1.52x") in text
     assert "the chained stages checked against the exported stages: max |diff| 0.000002" in text and "passed" in text

@@ -450,6 +450,8 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
                "kept_blocks_1based": [blocks[e] for e in chosen["exits"]],
                "dropped_blocks_1based": [b for e, b in enumerate(blocks) if e not in chosen["exits"]],
+               "timed_on": f"{n} images " + ("from --val-data" if record["structure"]["holdout"]["source"] == VAL_SOURCE
+                                                      else "held out of --train-data"),
                "form": chosen["form"], "form_meaning": FORMS[chosen["form"]], "thresholds": chosen["thresholds"],
                "chain_check": chosen["chain_check"],
                "tried": [{"blocks_1based": [blocks[e] for e in t["exits"]], "speedup_mean": t["speedup_mean"],
