@@ -9,7 +9,8 @@
 3. Images held out from that subset (never --data, which measures the result) calibrate
    the exit rule per exit: the cheapest cascade whose top-1, less ``calibration_margin``
    paired standard errors of its drop, stays within ``max_accuracy_drop`` points of the
-   full model on those images.
+   full model on those images. On --val-data images (``confirmation: auto``) the search
+   runs on one half and the other half confirms the thresholds (``exit_calibration``).
 """
 from __future__ import annotations
 
