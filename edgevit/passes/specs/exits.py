@@ -44,7 +44,7 @@ class ExitsConfig(PassConfig):
                                      "threshold search overfits to the held-out images)")
     confirmation: Literal["auto", "half", "none"] = Field(
         "auto", description="half: search the thresholds on one half of the held-out images and confirm them on the other "
-                            "(the drop reported is the confirming half's, an honest estimate; costs speed); auto: half "
+                            "(the drop reported is the confirming half's; costs speed); auto: half "
                             "when they come from --val-data (there the search's own choices overspend the budget), none "
                             "on images held out of --train-data (there the drop is already pessimistic)")
     holdout_images: int = Field(5000, ge=100, le=10_000_000, description="held out from --train-data to calibrate the thresholds")
