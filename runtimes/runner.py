@@ -914,10 +914,25 @@ def evaluate_cascade(session, images, labels, batch):
         cpu = result["latency"]["cpu_time_ms"] > 0  # a clock too coarse to see a call: fall back to wall time
         result["speedup_mean"] = (result["full_model_latency"]["cpu_time_ms"] / result["latency"]["cpu_time_ms"] if cpu
                                   else result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"])
+        result["speedup_se"] = (ratio_of_means_se(reference_cpu_ms, total_cpu_ms) if cpu
+                                else ratio_of_means_se(reference_ms, total_ms))
         result["speedup_measured_as"] = "process CPU time" if cpu else "wall time"
         result["speedup_mean_wall"] = result["full_model_latency"]["mean_ms"] / result["latency"]["mean_ms"]
         result["speedup_p50"] = result["full_model_latency"]["p50_ms"] / result["latency"]["p50_ms"]
     return result
+
+
+def ratio_of_means_se(numerator, denominator):
+    """Standard error of mean(numerator) / mean(denominator) over paired samples (the same
+    batches, timed one after the other), by the delta method. It holds both the clock's
+    noise and how much the cascade's time varies with which images leave where: what a
+    second run on other images of the same kind could read."""
+    a, b = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    n = len(a)
+    if n < 2 or a.mean() <= 0 or b.mean() <= 0:
+        return None  # not estimable from one batch, or a clock too coarse to see a call
+    ra, rb = a / a.mean(), b / b.mean()  # relative deviations: var(log ratio) = var(ra - rb) / n
+    return float(a.mean() / b.mean() * np.std(ra - rb, ddof=1) / np.sqrt(n))
 
 
 def cascade_path_costs(session, image, runs, rounds):

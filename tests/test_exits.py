@@ -124,7 +124,9 @@ def test_pass_trains_heads_calibrates_and_rebuilds(train_folder, tmp_path):
     loaded, model, record = _train("test_vit", {}, train_folder)
     assert record.training["loss_last"] < record.training["loss_first"]  # the heads learned something
     assert record.training["images_per_epoch"] == 60 and record.metrics["holdout_images"] == 100
-    assert len(record.structure["thresholds"]) == 2 and record.metrics["head_kinds"] == ["local", "global"]
+    kept = record.metrics["exit_selection"]["kept"]  # the exits that pay by the margin (EXIT_MIN_SAVING)
+    assert kept and len(record.structure["thresholds"]) == len(kept)
+    assert record.metrics["head_kinds"] == [["local", "global"][k] for k in kept]
     assert record.config["rule"] == "auto" and record.structure["rule"] == record.metrics["rule"] in ("confidence", "entropy")
     assert abs(sum(record.metrics["exit_rates"]) - 1) < 1e-9
     assert record.metrics["expected_flops"] <= sum(record.metrics["flops_per_stage"])

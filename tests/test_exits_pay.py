@@ -14,7 +14,8 @@ from edgevit.exporters.cascade_graphs import publish_reference
 from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
-from edgevit.passes.exit_calibration import AccuracyBudget, cumulative_costs, select_exits
+from edgevit.passes import exit_calibration
+from edgevit.passes.exit_calibration import EXIT_MIN_SAVING, AccuracyBudget, cumulative_costs, select_exits
 from edgevit.passes.exits import ExitsConfig, head_specs, _speed_gate, exit_costs
 from edgevit.profiling import runner_module
 
@@ -43,9 +44,26 @@ def test_exits_that_cost_more_than_they_save_are_dropped():
     assert 0 in cheap["keep"] and 2 not in cheap["keep"]  # nobody leaves safely at exit 2: its head is pure cost
     assert cheap["outcome"].expected_cost < cheap["full_cost"] and cheap["outcome"].accuracy >= correct[-1].mean() - 1e-9
     steps = [s["expected_cost"] for s in cheap["removal_steps"]]
-    assert steps == sorted(steps, reverse=True)  # every removal lowered the expected latency
+    # no removal raised the expected latency by the margin an exit must save to stay
+    assert all(b < a + EXIT_MIN_SAVING * cheap["full_cost"] for a, b in zip(steps, steps[1:]))
     costly = select_exits(scores, correct, stage, np.array([3.0, 3.0, 3.0]), AccuracyBudget(0.0))
     assert costly["keep"] == [] and costly["outcome"].expected_cost == costly["full_cost"] == 4.0
+
+
+def test_an_exit_that_saves_less_than_the_margin_is_dropped(monkeypatch):
+    """Exit 1 lets 3 % of the samples skip the last of three equal stages (1 % of the full
+    cost) and is right on them: it pays in the cost model, but by less than the margin."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    easy = rng.random(n) < 0.5
+    marginal = ~easy & (rng.random(n) < 0.06)
+    correct = np.stack([easy, easy | marginal, np.ones(n, bool)])
+    scores = np.stack([np.where(easy, 0.9, 0.1), np.where(easy | marginal, 0.9, 0.1)]) + rng.normal(0, 0.01, (2, n))
+    stage, head = np.array([1.0, 1.0, 1.0]), np.array([0.001, 0.001])
+    margin = select_exits(scores, correct, stage, head, AccuracyBudget(0.0))
+    assert margin["keep"] == [0]
+    monkeypatch.setattr(exit_calibration, "EXIT_MIN_SAVING", 0.0)
+    assert select_exits(scores, correct, stage, head, AccuracyBudget(0.0))["keep"] == [0, 1]
 
 
 def test_stage_and_head_timing_covers_every_stage_and_head():
@@ -172,20 +190,20 @@ def test_path_costs_time_every_way_through_the_cascade(cascade_bundle):
 class _Transport:
     """Stands in for the device: reports a measured speed-up."""
 
-    def __init__(self, speedup):
-        self.speedup = speedup
+    def __init__(self, speedup, se=None):
+        self.speedup, self.se = speedup, se
 
     def run(self, bundle_dir, **kwargs):
         n = len(kwargs["eval_set"]["labels"])
         lat = {"mean_ms": 1.0 / self.speedup, "p50_ms": 1.0 / self.speedup}
-        data = {"cascade": {"speedup_mean": self.speedup, "speedup_p50": self.speedup, "latency": lat,
+        data = {"cascade": {"speedup_mean": self.speedup, "speedup_se": self.se, "speedup_p50": self.speedup, "latency": lat,
                             "full_model_latency": {"mean_ms": 1.0, "p50_ms": 1.0}, "exit_rates": [0.5, 0.25, 0.25],
                             "accuracy": 0.5, "full_model_accuracy": 0.5, "stage_latency": [{"mean_ms": 0.1, "calls": n}]}}
         return type("Result", (), {"data": data})()
 
 
-def _gate(bundle_dir: Path, speedup: float, policy: str):
-    artifact = ExportedArtifact(bundle_dir, False, _Transport(speedup), 1, 1, None, {}, None, {})
+def _gate(bundle_dir: Path, speedup: float, policy: str, se: float | None = None):
+    artifact = ExportedArtifact(bundle_dir, False, _Transport(speedup, se), 1, 1, None, {}, None, {})
     record = {"config": {"if_slower": policy}}
     return _speed_gate(record, artifact, np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.int64))
 
@@ -214,6 +232,41 @@ def test_a_slower_cascade_is_replaced_by_the_network_without_exits(cascade_bundl
         np.testing.assert_allclose(session.run({"input": x.numpy()})["logits"], model(x).numpy(), rtol=1e-3, atol=1e-4)
     with pytest.raises(Exception, match="not a cascade bundle"):
         publish_reference(fallen)
+
+
+def test_the_gate_ships_a_cascade_only_when_faster_by_more_than_its_noise(cascade_bundle, tmp_path):
+    """1.03x read with a standard error of 0.02 is not measurably faster (2 s.e. margin):
+    the plain network ships; 1.06x with the same noise ships the cascade."""
+    import shutil
+
+    _, _, bundle = cascade_bundle
+    clear = tmp_path / "clear"
+    shutil.copytree(bundle.path, clear)
+    out = _gate(clear, 1.06, "fallback", se=0.02)
+    assert out["cascade_gate"]["published"] == "cascade" and out["cascade_gate"]["speedup_se"] == 0.02
+    noisy = tmp_path / "noisy"
+    shutil.copytree(bundle.path, noisy)
+    out = _gate(noisy, 1.03, "fallback", se=0.02)
+    assert out["cascade_gate"]["published"].startswith("reference")
+    assert "1.03x +- 0.02" in out["warnings"][0] and "not measurably faster" in out["warnings"][0]
+    assert "cascade" not in json.loads((noisy / "bundle.json").read_text())
+
+
+def test_the_runner_speedup_standard_error_matches_the_spread_of_repeated_measurements():
+    """The delta-method s.e. of a ratio of paired means is what the ratio's spread over
+    independent draws of the same kind shows (a bimodal cascade: some images leave early)."""
+    ratio_se = runner_module().ratio_of_means_se
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        reference = 4.0 + rng.normal(0, 0.2, n)
+        cascade = np.where(rng.random(n) < 0.4, 1.8, 4.4) + rng.normal(0, 0.2, n)
+        return reference, cascade
+
+    ratios = [np.mean(r) / np.mean(c) for r, c in (draw(500) for _ in range(400))]
+    estimated = ratio_se(*draw(500))
+    assert 0.8 * np.std(ratios) < estimated < 1.25 * np.std(ratios)
+    assert ratio_se([4.0], [2.0]) is None
 
 
 def _two_kinds_of_sample(n_sure: int, n_torn: int, sure_is_right: bool):

@@ -136,8 +136,10 @@ def test_executed_precision_from_what_ran():
     assert executed_precision(None) == "unknown" and executed_precision({"precision": "int8"}) == "int8"
 
 
-def test_a_registered_session_class_without_prepare_gets_the_default():
-    runner = runner_module()  # a fresh module: registering here leaves other tests' runner alone
+def test_a_registered_session_class_without_prepare_gets_the_default(monkeypatch):
+    runner = runner_module()
+    # the module is shared by every test (cached): the registry gets its entries back after
+    monkeypatch.setattr(runner, "SESSIONS", dict(runner.SESSIONS))
 
     @runner.register_session
     class Bare(object):  # a runtime plugin's class need not derive from the runner's base

@@ -27,6 +27,7 @@ from edgevit.passes.exit_calibration import cumulative_costs
 from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, VAL_SOURCE, ExitsConfig, ExitsPass, accuracy_budget,
+                                  GATE_MARGIN_SE, gate_passes,
                                   cache_features, calibrate_exits, chain_check,
                                   deployed_cumulative_costs,
                                   exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples,
@@ -150,7 +151,7 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         form = chosen["chosen"]["form"]
         tried = [{"blocks": [specs[keep[e]].block + 1 for e in t["exits"]], "gate_speedup": t["speedup_mean"],
                   "by_form": t["speedup_by_form"]} for t in chosen["tried"]]
-        shipped = "cascade" if gate["speedup_mean"] >= 1.0 else "plain model (speed gate)"
+        shipped = "cascade" if gate_passes(gate) else "plain model (speed gate)"
         measured = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
         lat, full = measured["latency"], measured["full_model_latency"]
         rows.append([name, profile.runtime, f"{budget:g} pt",
@@ -164,16 +165,20 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
                      "; ".join(f"{','.join(map(str, t['blocks']))}: " + " / ".join(
                          f"{FORM_SHORT[f]} {v:.2f}x" for f, v in t["by_form"].items()) for t in tried) or "-",
                      f"{lat['cpu_time_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['cpu_time_ms']:.2f}", f"{full['p90_ms']:.2f}",
-                     f"{measured['speedup_mean']:.2f}x", f"{metrics['expected_flops_reduction']:.1%}",
-                     f"{gate['speedup_mean']:.2f}x: {shipped}"])
+                     _speedup(measured), f"{metrics['expected_flops_reduction']:.1%}", f"{_speedup(gate)}: {shipped}"])
         if budget == PATH_BUDGET:
             paths.append({**_path_costs(name, profile.runtime, bundle.path, eval_set["images"][:1], measured),
                           "calibration": calibration})
         runs.append({"budget_points": budget, "target": target, "calibration": calibration, "exits_kept": deployed,
                      "exits_calibrated": keep, "form": form, "exits_tried_on_target": tried, "thresholds": thresholds,
                      "calibration_metrics": metrics, "measured": measured,
-                     "gate": {k: gate[k] for k in ("speedup_mean", "exit_rates")}, "shipped": shipped})
+                     "gate": {k: gate.get(k) for k in ("speedup_mean", "speedup_se", "exit_rates")}, "shipped": shipped})
     return runs, rows, paths
+
+
+def _speedup(measured: dict[str, Any]) -> str:
+    se = measured.get("speedup_se")
+    return f"{measured['speedup_mean']:.2f}x" + (f" +- {se:.2f}" if se else "")
 
 
 def _form_label(form: str) -> str:
@@ -276,14 +281,16 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
          f"Reference models, exit heads trained on a frozen backbone (self-distillation on up to {EXITS['train']['max_images']} "
          f"seeded CIFAR-10 train images, {EXITS['train']['epochs']} epochs), thresholds calibrated for three top-1 budgets "
          f"(drop + {MARGIN_SE:g} paired standard error within the budget, compress's default; the calibration drop column "
-         "gives drop +- s.e.; "
+         "gives drop +- s.e., for --val-data rows on the confirming half; "
          f"rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
          f"exits column names it) on {EXITS['holdout_images']} other train images (first table: what compress does without "
          f"--val-data) and, in the second table, on {VAL_IMAGES} seeded CIFAR-10 test images (compress --val-data, so with "
          "confirmation: auto the thresholds are searched on one half of them and confirmed on the other), the "
          "exported cascade then reported on the other test images, which nothing calibrated on. Each cascade is run by the "
          f"device runner at batch 1, {THREADS} thread, image by image interleaved with the same network without exits (its "
-         "export). Speed-up = full-model mean / cascade mean process CPU time per image, measured (p90 is wall time). "
+         "export). Speed-up = full-model mean / cascade mean process CPU time per image, measured (p90 is wall time), "
+         "+- its standard error over the images (paired, delta method); the speed gate ships the cascade when its "
+         f"speed-up minus {GATE_MARGIN_SE:g} standard errors is >= 1.0x. "
          "--models NAME,... runs those reference models only; the others' rows are carried from the last run.",
          cap_s=6000)
 def exits_section(ctx: BenchContext) -> dict[str, Any]:

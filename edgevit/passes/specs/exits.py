@@ -51,7 +51,8 @@ class ExitsConfig(PassConfig):
     cache_gb: float = Field(4.0, gt=0, le=100_000, description="cap on the cached features (the training subset shrinks to fit)")
     train: ExitTrainConfig = Field(default_factory=ExitTrainConfig)
     if_slower: Literal["fallback", "keep"] = Field(
-        "fallback", description="when the exported cascade runs slower than the same network without exits on the target: "
+        "fallback", description="when the exported cascade is not measurably faster than the same network without exits "
+                                "on the target (speed-up less than 2 standard errors of its measurement above 1.0x): "
                                 "publish that network instead (fallback) or the cascade anyway (keep); the run warns either way")
 
     @model_validator(mode="after")
