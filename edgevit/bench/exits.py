@@ -27,7 +27,7 @@ from edgevit.passes.exit_calibration import cumulative_costs
 from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, VAL_SOURCE, ExitsConfig, ExitsPass, accuracy_budget,
-                                  GATE_MARGIN_SE, gate_passes,
+                                  GATE_MARGIN_SE, gate_passes, speedup_text,
                                   cache_features, calibrate_exits, chain_check,
                                   deployed_cumulative_costs,
                                   exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples,
@@ -165,7 +165,7 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
                      "; ".join(f"{','.join(map(str, t['blocks']))}: " + " / ".join(
                          f"{FORM_SHORT[f]} {v:.2f}x" for f, v in t["by_form"].items()) for t in tried) or "-",
                      f"{lat['cpu_time_ms']:.2f}", f"{lat['p90_ms']:.2f}", f"{full['cpu_time_ms']:.2f}", f"{full['p90_ms']:.2f}",
-                     _speedup(measured), f"{metrics['expected_flops_reduction']:.1%}", f"{_speedup(gate)}: {shipped}"])
+                     speedup_text(measured), f"{metrics['expected_flops_reduction']:.1%}", f"{speedup_text(gate)}: {shipped}"])
         if budget == PATH_BUDGET:
             paths.append({**_path_costs(name, profile.runtime, bundle.path, eval_set["images"][:1], measured),
                           "calibration": calibration})
@@ -174,11 +174,6 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
                      "calibration_metrics": metrics, "measured": measured,
                      "gate": {k: gate.get(k) for k in ("speedup_mean", "speedup_se", "exit_rates")}, "shipped": shipped})
     return runs, rows, paths
-
-
-def _speedup(measured: dict[str, Any]) -> str:
-    se = measured.get("speedup_se")
-    return f"{measured['speedup_mean']:.2f}x" + (f" +- {se:.2f}" if se else "")
 
 
 def _form_label(form: str) -> str:

@@ -425,6 +425,12 @@ GATE_IMAGES = 500  # held-out images the exported cascade is timed on against it
 GATE_MARGIN_SE = 2.0
 
 
+def speedup_text(measured: dict[str, Any]) -> str:
+    """"1.23x +- 0.02": a measured speed-up with its standard error where the runner gave one."""
+    se = measured.get("speedup_se")
+    return f"{measured['speedup_mean']:.2f}x" + (f" +- {se:.2f}" if se else "")
+
+
 def gate_passes(measured: dict[str, Any]) -> bool:
     """Whether a cascade measured against its reference is faster by more than the noise."""
     return measured["speedup_mean"] - GATE_MARGIN_SE * (measured.get("speedup_se") or 0.0) >= 1.0
@@ -574,9 +580,8 @@ def _speed_gate(record: dict[str, Any], artifact: ExportedArtifact, images: np.n
     if gate_passes(measured):
         return {"cascade_gate": {**gate, "published": "cascade"}}
     policy = record["config"].get("if_slower", "fallback")
-    reading = f"{speedup:.2f}x" + (f" +- {se:.2f}" if se else "")
     warning = (f"{bundle_dir.name}: the exported cascade is not measurably faster than the same network without exits "
-               f"({reading} mean latency on {n} held-out images; it ships when faster by more than "
+               f"({speedup_text(measured)} mean latency on {n} held-out images; it ships when faster by more than "
                f"{GATE_MARGIN_SE:g} standard errors); "
                + ("published anyway (exits: if_slower: keep)" if policy == "keep"
                   else "published the network without exits instead (exits: if_slower: fallback)"))
