@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench,litert,tune]'
 	touch $(STAMP)
 
+# two workers, one test file each (module fixtures are built once): most of a test is
+# single-threaded Python, export and compile, so the second core halves the wall time
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/edgevit compress --recipe int4_swin.yaml

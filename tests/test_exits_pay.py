@@ -145,6 +145,7 @@ def test_runner_runs_single_images_through_the_graph_and_batches_through_stages(
     assert result["speedup_mean_wall"] == pytest.approx(full["mean_ms"] / lat["mean_ms"])
 
 
+@pytest.mark.slow  # CI time (44 s): test_one_graph_cascade_returns_each_exit_as_pytorch_does[openvino] runs the OpenVINO cascade
 def test_openvino_cascade_runs_single_images_with_fixed_shapes(cascade_bundle, tmp_path):
     """At batch 1 the one graph and every stage run compiled for one image (the CPU plugin
     is 4-19 % faster on static shapes); a batch still runs the stages as exported, with

@@ -123,6 +123,7 @@ def test_profiles_refuse_what_litert_cannot_execute(tmp_path, tiny_vit):
         _export(tmp_path, model, calib, check, profile="android-litert-fp16", plan=_int8_plan(model))
 
 
+@pytest.mark.slow  # CI time (45 s): the LiteRT export and runner are checked by test_fp32_export_matches_pytorch_and_runs_in_the_runner
 def test_compress_to_android_litert(cli, write_recipe, images, tmp_path):
     recipe = write_recipe(f"name: lt\nmodel: {{name: {TINY_SWIN[0]}, model_args: {json.dumps(TINY_SWIN[1])}}}\n"
                           "passes: [{kind: quantize, method: uniform, weights: int8}]\n"
