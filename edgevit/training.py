@@ -70,19 +70,21 @@ def train_loop(params: list[nn.Parameter], epoch_batches: Callable[[], Any], bat
                cfg: FinetuneConfig, label: str, after_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """AdamW + cosine schedule + gradient clipping over ``cfg.epochs`` passes of
     ``epoch_batches()`` (a fresh iterable per epoch), stopped early by ``cfg.max_minutes``.
-    Seeding is the caller's (it owns the data order). Returns the training figures."""
+    When the steps measured so far say the cap will cut the run short, the cosine is
+    fitted to the steps the cap leaves (``TimeFittedCosine``): a run stopped by the clock
+    still ends at the low rate. Seeding is the caller's (it owns the data order). Returns
+    the training figures."""
     steps_per_epoch = len(epoch_batches())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01)
-    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    planned = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    schedule = TimeFittedCosine(optimizer, planned, cfg.max_minutes)
     steps, losses, started, stopped_by = 0, [], time.monotonic(), "epochs"
-    with progress.progress(label, total_steps) as advance:
-        while steps < total_steps:
+    with progress.progress(label, planned) as advance:
+        while steps < schedule.total_steps:
             for batch in epoch_batches():
-                if steps >= total_steps:
+                if steps >= schedule.total_steps:
                     break
-                if time.monotonic() > deadline:
+                if schedule.out_of_time():
                     stopped_by = "max_minutes"
                     break
                 loss = batch_loss(batch)
@@ -98,14 +100,52 @@ def train_loop(params: list[nn.Parameter], epoch_batches: Callable[[], Any], bat
                 advance(1)
             if stopped_by != "epochs":
                 break
+    if steps < planned and stopped_by == "epochs":
+        stopped_by = "max_minutes"  # the schedule was fitted to the cap and ran to its end
     window = max(1, min(20, len(losses) // 4))
     return {
-        "steps": steps, "epochs": steps / max(1, steps_per_epoch), "wall_s": round(time.monotonic() - started, 2),
+        "steps": steps, "planned_steps": planned, "epochs": steps / max(1, steps_per_epoch),
+        "wall_s": round(time.monotonic() - started, 2),
         "stopped_by": stopped_by, "threads": torch.get_num_threads(),
         "loss_first": sum(losses[:window]) / window if losses else None,
         "loss_last": sum(losses[-window:]) / window if losses else None,
         "reproducible": torch.get_num_threads() == 1,  # multi-threaded reductions may differ run to run
     }
+
+
+class TimeFittedCosine:
+    """Cosine decay from the base rate to 1 % of it over ``total_steps``. With a wall-time
+    cap, the step time is measured as the run goes (from step ``FIT_AFTER`` on, again every
+    ``FIT_EVERY`` steps) and ``total_steps`` shrinks to what the time left allows, keeping
+    ``FIT_RESERVE`` of it spare: a cosine planned for epochs the cap then cuts would stop
+    at a high rate, the weights still moving (swin_tiny_c10's exit heads, 20 epochs planned,
+    15 run). It never grows: without a cap, or with time to spare, the schedule is the
+    planned one, step for step."""
+
+    FIT_AFTER, FIT_EVERY, FIT_RESERVE, FLOOR = 20, 200, 0.05, 0.01
+
+    def __init__(self, optimizer: torch.optim.Optimizer, planned_steps: int, max_minutes: float | None):
+        self.total_steps = planned_steps
+        self.steps = 0
+        self.started = time.monotonic()
+        self.deadline = self.started + max_minutes * 60 if max_minutes else math.inf
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        progress_made = min(1.0, step / max(1, self.total_steps))
+        return self.FLOOR + (1 - self.FLOOR) * 0.5 * (1 + math.cos(math.pi * progress_made))
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.deadline != math.inf and self.steps >= self.FIT_AFTER and (self.steps - self.FIT_AFTER) % self.FIT_EVERY == 0:
+            now = time.monotonic()
+            per_step = (now - self.started) / self.steps
+            affordable = self.steps + int((self.deadline - now) * (1 - self.FIT_RESERVE) / per_step)
+            self.total_steps = max(self.steps + 1, min(self.total_steps, affordable))
+        self.scheduler.step()
 
 
 def finetune_if_asked(model: nn.Module, cfg: FinetuneConfig | None, ctx: "PassContext",

@@ -322,7 +322,7 @@ def test_bench_exits_run_of_one_model_carries_the_others_rows():
             "exit_rates": [0.5, 0.5], "predicted_mean_ms": 1.5, "measured_mean_cpu_ms": 1.6, "overhead_per_exit_ms": 0.1}
     previous = {"finished_utc": "2026-12-01 18:18 UTC",
                 "tables": [{"title": TRAIN_TABLE, "rows": [["vit_tiny_c10", "old"], ["swin_tiny_c10", "kept"]]}],
-                "results": {"vit_tiny_c10": {"paths": []}, "swin_tiny_c10": {"paths": [path]}},
+                "results": {"vit_tiny_c10": {"paths": []}, "swin_tiny_c10": {"paths": [path], "training": {"lr": 0.001}}},
                 "notes": ["vit_tiny_c10: old", "swin_tiny_c10: exits after blocks [5]"]}
     results, notes = {"vit_tiny_c10": {"paths": []}}, []
     carried = _carry_earlier(previous, ["swin_tiny_c10"], results, notes)
@@ -330,6 +330,7 @@ def test_bench_exits_run_of_one_model_carries_the_others_rows():
     assert results["swin_tiny_c10"]["paths"] == [path] and results["vit_tiny_c10"] == {"paths": []}
     assert notes[0] == "swin_tiny_c10: exits after blocks [5]"
     assert "2026-12-01 18:18 UTC" in notes[-1] and "no --val-data table" in notes[-1]
+    assert "swin_tiny_c10 (heads trained at lr 0.001)" in notes[-1]  # the head training it was measured with
     rows = _path_rows(results)
     assert rows[0][:4] == ["swin_tiny_c10", "openvino", "held-out train images", "reference (no exits)"]
     # an older run's "calibration" held the metrics dict: still read as held-out train images
