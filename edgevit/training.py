@@ -118,8 +118,8 @@ class TimeFittedCosine:
     cap, the step time is measured as the run goes (from step ``FIT_AFTER`` on, again every
     ``FIT_EVERY`` steps) and ``total_steps`` shrinks to what the time left allows, keeping
     ``FIT_RESERVE`` of it spare: a cosine planned for epochs the cap then cuts would stop
-    at a high rate, the weights still moving (swin_tiny_c10's exit heads, 20 epochs planned,
-    15 run). It never grows: without a cap, or with time to spare, the schedule is the
+    at a high rate, the weights still moving (swin_tiny_c10's exit heads in bench exits of
+    2026-12-02: 20 epochs planned, 10.6 run in the 8 minutes). It never grows: without a cap, or with time to spare, the schedule is the
     planned one, step for step."""
 
     FIT_AFTER, FIT_EVERY, FIT_RESERVE, FLOOR = 20, 200, 0.05, 0.01
