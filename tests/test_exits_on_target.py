@@ -16,7 +16,7 @@ from edgevit.exporters.onnx import OnnxExporter
 from edgevit.models import load_model
 from edgevit.passes.base import ExportedArtifact
 from edgevit.passes.exits import ExitsConfig, ExitsPass, head_specs
-from edgevit.passes.exit_calibration import AccuracyBudget
+from edgevit.passes.exit_calibration import AccuracyBudget, confirmation_halves
 from edgevit.passes.exits_on_target import KEEP_MARGIN, select_exits_on_target
 from edgevit.profiling import LocalTransport, runner_module
 
@@ -248,3 +248,43 @@ def test_the_report_lists_the_exits_and_forms_tried_on_the_target():
     assert ("blocks [1, 5]: one graph 1.33x / chained 1.30x; blocks [5]: one graph 0.97x / chained 0.95x; "
             "blocks [1]: one graph 1.42x / chained 1.52x") in text
     assert "the chained stages checked against the exported stages: max |diff| 0.000002" in text and "passed" in text
+
+
+def _exit0_shuffled_on_confirming_half(exit_logits, final, labels):
+    """The same held-out images, but on the confirming half exit 0's outputs are shuffled
+    between images: as sure as before (the same scores), mostly wrong."""
+    _, confirming = confirmation_halves(len(labels))
+    first = exit_logits[0].copy()
+    first[confirming] = first[np.random.default_rng(7).permutation(confirming)]
+    return [first, *exit_logits[1:]], final, labels
+
+
+def test_with_a_confirming_half_the_choice_is_made_on_the_searching_half_and_only_the_chosen_is_confirmed(exported, tmp_path):
+    """Candidates are compared on what the searching half says; the confirming half's labels
+    then only move the chosen cascade's thresholds (and the bundle is timed again at them),
+    so no candidate can win by its confirming half's luck."""
+    _, _, bundle, ctx = exported
+    speedups = {(0, 1): 1.30, (0,): 1.40, (1,): 1.10}
+    budget = AccuracyBudget(0.01, 1.0, confirm=True)
+    results = []
+    for name, held_out in (("same", _held_out()), ("shuffled", _exit0_shuffled_on_confirming_half(*_held_out()))):
+        folder = tmp_path / name
+        shutil.copytree(bundle.path, folder)
+        calls = []
+        timer = _fake_target(folder, speedups, 0.95)
+        result = select_exits_on_target(folder, ctx.cache[cascade_forms_key(bundle.path)], lambda: calls.append(1) or timer(),
+                                        _passing_check, *held_out, "confidence", budget,
+                                        lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+        results.append((result, len(calls), json.loads((folder / "bundle.json").read_text())))
+    (same, same_calls, same_bundle), (other, other_calls, other_bundle) = results
+    assert same["chosen"]["exits"] == other["chosen"]["exits"] == [0]  # the choice did not see the confirming half
+    assert [t["thresholds"] for t in same["tried"]] == [t["thresholds"] for t in other["tried"]]
+    for result, calls in ((same, same_calls), (other, other_calls)):  # each candidate in both forms, then the
+        moved = result["chosen"]["thresholds"] != result["chosen"]["thresholds_searched"]  # shipped thresholds if moved
+        assert calls == 2 * len(result["tried"]) + moved
+    assert other["chosen"]["confirmation"]["path_reached"] < same["chosen"]["confirmation"]["path_reached"] - 0.5
+    moved = other["chosen"]
+    assert moved["thresholds"] != moved["thresholds_searched"]
+    for chosen in (same["chosen"], moved):  # the figures reported are the confirming half's, within budget there
+        assert chosen["holdout_top1"] - chosen["holdout_drop_se"] >= chosen["holdout_top1_full"] - 0.01 - 1e-9
+    assert [s["threshold"] for s in other_bundle["cascade"]["stages"]][:1] == moved["thresholds"][:1]  # the bundle ships them

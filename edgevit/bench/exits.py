@@ -147,7 +147,8 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
                                         chain_check(run_stages, check_images, *run_stages(check_images)),
                                         exit_logits, final_logits, labels, metrics["rule"], accuracy,
                                         deployed_cumulative_costs(metrics))
-        gate, deployed = chosen["chosen"]["measured"], [keep[e] for e in chosen["chosen"]["exits"]]
+        shipped_cascade = chosen["chosen"]  # its calibration figures: at the thresholds shipped (confirmed where confirming)
+        gate, deployed = shipped_cascade["measured"], [keep[e] for e in shipped_cascade["exits"]]
         form = chosen["chosen"]["form"]
         tried = [{"blocks": [specs[keep[e]].block + 1 for e in t["exits"]], "gate_speedup": t["speedup_mean"],
                   "by_form": t["speedup_by_form"]} for t in chosen["tried"]]
@@ -155,8 +156,8 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         measured = transport.run(bundle.path, runs=0, warmup=0, threads=THREADS, batch=1, eval_set=eval_set).data["cascade"]
         lat, full = measured["latency"], measured["full_model_latency"]
         rows.append([name, profile.runtime, f"{budget:g} pt",
-                     f"{(metrics['holdout_top1_cascade'] - metrics['holdout_top1_full']) * 100:+.2f} "
-                     f"+- {metrics['holdout_drop_se'] * 100:.2f}",
+                     f"{(shipped_cascade['holdout_top1'] - shipped_cascade['holdout_top1_full']) * 100:+.2f} "
+                     f"+- {shipped_cascade['holdout_drop_se'] * 100:.2f}",
                      f"{measured['accuracy']:.4f}", f"{measured['full_model_accuracy']:.4f}",
                      f"{(measured['accuracy'] - measured['full_model_accuracy']) * 100:+.2f}",
                      "blocks " + ",".join(str(specs[k].block + 1) for k in deployed) + f" ({metrics['rule']}): "
@@ -172,6 +173,8 @@ def _budget_run(ctx: BenchContext, name: str, model, exits_pass: ExitsPass, inpu
         runs.append({"budget_points": budget, "target": target, "calibration": calibration, "exits_kept": deployed,
                      "exits_calibrated": keep, "form": form, "exits_tried_on_target": tried, "thresholds": thresholds,
                      "calibration_metrics": metrics, "measured": measured,
+                     "shipped_calibration": {k: shipped_cascade[k] for k in ("holdout_top1", "holdout_top1_full", "holdout_drop_se",
+                                                                             "holdout_exit_rates", "confirmation", "thresholds_searched")},
                      "gate": {k: gate.get(k) for k in ("speedup_mean", "speedup_se", "exit_rates")}, "shipped": shipped})
     return runs, rows, paths
 
@@ -277,11 +280,12 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
          f"seeded CIFAR-10 train images, up to {EXITS['train']['epochs']:g} epochs at lr {EXITS['train']['lr']:g} within "
          f"{EXITS['train']['max_minutes']:g} minutes, the cosine schedule fitted to that cap; the notes give the epochs run), thresholds calibrated for three top-1 budgets "
          f"(drop + {MARGIN_SE:g} paired standard error within the budget, compress's default; the calibration drop column "
-         "gives drop +- s.e., for --val-data rows on the confirming half; "
+         "gives drop +- s.e. at the thresholds shipped, for --val-data rows on the confirming half; "
          f"rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
          f"exits column names it) on {EXITS['holdout_images']} other train images (first table: what compress does without "
          f"--val-data) and, in the second table, on {VAL_IMAGES} seeded CIFAR-10 test images (compress --val-data, so with "
-         "confirmation: auto the thresholds are searched on one half of them and confirmed on the other), the "
+         "confirmation: auto the thresholds are searched and every choice (rule, exits, form) made on one half of them, "
+         "and only the chosen cascade's thresholds confirmed on the other), the "
          "exported cascade then reported on the other test images, which nothing calibrated on. Each cascade is run by the "
          f"device runner at batch 1, {THREADS} thread, image by image interleaved with the same network without exits (its "
          "export). Speed-up = full-model mean / cascade mean process CPU time per image, measured (p90 is wall time), "

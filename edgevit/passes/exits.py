@@ -10,7 +10,8 @@
    the exit rule per exit: the cheapest cascade whose top-1, less ``calibration_margin``
    paired standard errors of its drop, stays within ``max_accuracy_drop`` points of the
    full model on those images. On --val-data images (``confirmation: auto``) the search
-   runs on one half and the other half confirms the thresholds (``exit_calibration``).
+   and every choice (rule, exits, form on the target) use one half, and the other half
+   confirms the thresholds of the cascade chosen (``exit_calibration``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from edgevit.exporters.base import Bundle
 from edgevit.exporters.cascade_forms import FORMS
 from edgevit.exporters.cascade_graphs import publish_reference, set_cascade_thresholds
 from edgevit.evaluation import check_outputs
-from edgevit.passes.exit_calibration import (AccuracyBudget, calibrate, confidence_scores, cumulative_costs, select_exits,
+from edgevit.passes.exit_calibration import (AccuracyBudget, calibrate, confidence_scores, confirm_exits, cumulative_costs, select_exits,
                                              to_rule_units)
 from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
@@ -221,10 +222,11 @@ def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, budget
     labels = holdout["labels"].numpy()
     correct = np.stack([z.argmax(-1) == labels for z in [*exit_logits, holdout["logits"].numpy()]])
     stage_ms, head_ms = np.array(costs["stage_ms"]), np.array(costs["head_ms"])
-    by_rule = {r: select_exits(np.stack([confidence_scores(z, r) for z in exit_logits]), correct, stage_ms, head_ms, budget)
-               for r in (EXIT_RULES if rule == "auto" else (rule,))}
+    scores = {r: np.stack([confidence_scores(z, r) for z in exit_logits]) for r in (EXIT_RULES if rule == "auto" else (rule,))}
+    by_rule = {r: select_exits(s, correct, stage_ms, head_ms, budget) for r, s in scores.items()}
     rule = min(by_rule, key=lambda r: by_rule[r]["outcome"].expected_cost)  # ties: the first of EXIT_RULES
-    chosen = by_rule[rule]
+    # the rule and the exits are chosen on the searching half alone; only then confirmed
+    chosen = confirm_exits(scores[rule], correct, stage_ms, head_ms, by_rule[rule], budget)
     keep = chosen["keep"]
     outcome = chosen["outcome"]
     flops = _stage_flops(model, input_size, keep)
@@ -477,6 +479,7 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
                "tried": [{"blocks_1based": [blocks[e] for e in t["exits"]], "speedup_mean": t["speedup_mean"],
                           "form": t["form"], "speedup_by_form": t["speedup_by_form"],
                           "holdout_drop_points": round((t["holdout_top1"] - t["holdout_top1_full"]) * 100, 3),
+                          "holdout_drop_on": "the searching half" if chosen["confirmation"] else "the held-out images",
                           "holdout_exit_rates": t["holdout_exit_rates"]} for t in selection["tried"]],
                "calibrated_on": "the runtime's outputs of the bundle's stages" if artifact.quantized else
                                 "the runtime's outputs of the bundle's stages (fp32: as PyTorch's within the check)"}
@@ -487,7 +490,7 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     calibration = {"on": summary["calibrated_on"], "thresholds_from_pytorch": record["structure"]["thresholds"],
                    "thresholds": chosen["thresholds"], "holdout_images": len(labels), "exits": chosen["exits"],
                    "holdout_top1_full": chosen["holdout_top1_full"], "holdout_top1_cascade": chosen["holdout_top1"],
-                   "exit_rates": chosen["holdout_exit_rates"]}
+                   "exit_rates": chosen["holdout_exit_rates"], "threshold_confirmation": chosen["confirmation"]}
     # the rewritten cascade has no head for a left-out exit (and the chained form other
     # files): the deployed size and the model file changed
     bundle = Bundle(artifact.bundle_dir, json.loads((artifact.bundle_dir / "bundle.json").read_text()))
