@@ -475,6 +475,8 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
                "timed_on": f"{n} images " + ("from --val-data" if record["structure"]["holdout"]["source"] == VAL_SOURCE
                                                       else "held out of --train-data"),
                "form": chosen["form"], "form_meaning": FORMS[chosen["form"]], "thresholds": chosen["thresholds"],
+               "form_when_chosen": chosen["form_when_chosen"], "speedup_when_chosen": chosen["speedup_when_chosen"],
+               "speedup_afresh": chosen["speedup_mean"],
                "chain_check": chosen["chain_check"],
                "tried": [{"blocks_1based": [blocks[e] for e in t["exits"]], "speedup_mean": t["speedup_mean"],
                           "form": t["form"], "speedup_by_form": t["speedup_by_form"],

@@ -32,7 +32,6 @@ from edgevit.passes.exit_calibration import AccuracyBudget, confidence_scores, c
 # and at equal speed the cascade with fewer graph boundaries is the simpler one to ship.
 # The chained form likewise replaces the one graph only when at least this much faster.
 KEEP_MARGIN = 1.01
-FORMS_TRIED_LAST = list(FORMS)[-1]  # each candidate is written in every form, in this order
 
 
 def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: Callable[[], dict[str, Any]],
@@ -99,23 +98,40 @@ def select_exits_on_target(bundle_dir: Path, forms: CascadeForms, time_cascade: 
         current = best
     exits = current["exits"]
     confirmed = confirm(scores[exits], correct[[*exits, n_exits]], cumulative_costs_of(exits), current["search"], budget)
-    chosen = {**{k: v for k, v in current.items() if k != "search"}, **holdout(confirmed), "thresholds": rule_units(exits, confirmed["thresholds"]),
+    thresholds = rule_units(exits, confirmed["thresholds"])
+    form, measured = _timed_afresh(bundle_dir, forms, time_cascade, exits, thresholds, current["form"])
+    chosen = {**{k: v for k, v in current.items() if k != "search"}, **holdout(confirmed), "thresholds": thresholds,
               "thresholds_searched": current["thresholds"], "confirmation": confirmed.get("confirmation"),
-              "timed_as_searched": current["speedup_mean"]}
-    if chosen["thresholds"] != current["thresholds"]:  # the confirming half held some exits back: timed again as shipped
-        forms.write(bundle_dir, chosen["form"], exits, chosen["thresholds"])
-        progress.step(f"timing {bundle_dir.name} with exits {[e + 1 for e in exits]} at the confirmed thresholds, "
-                      f"{FORMS[chosen['form']]}")
-        chosen["measured"] = time_cascade()
-        chosen["speedup_mean"] = chosen["measured"]["speedup_mean"]
-    elif tried[-1] is not current or current["form"] != FORMS_TRIED_LAST:  # the bundle holds the last form timed
-        forms.write(bundle_dir, current["form"], exits, current["thresholds"])
+              "form": form, "measured": measured, "speedup_mean": measured["speedup_mean"],
+              "speedup_when_chosen": current["speedup_mean"], "form_when_chosen": current["form"]}
     forms.finish(bundle_dir)
     return {"chosen": chosen, "tried": tried, "keep_margin": KEEP_MARGIN,
             "how": "greedy removal: each candidate's thresholds searched on the held-out images (with a confirming half: "
-                   "on the searching half, and only the chosen cascade's thresholds confirmed on the other half, then "
-                   "timed again if that moved them), the cascade rebuilt "
+                   "on the searching half, and only the chosen cascade's thresholds confirmed on the other half), the "
+                   "cascade rebuilt "
                    "with its exits as one graph and as chained stages (checked against the exported stages) and each "
                    "timed by the device runner interleaved with the network without exits; an exit stays only if the "
                    f"cascade with it is >= {KEEP_MARGIN:.2f}x as fast as without it, and the chained form is chosen only "
-                   f"when >= {KEEP_MARGIN:.2f}x as fast as the one graph"}
+                   f"when >= {KEEP_MARGIN:.2f}x as fast as the one graph; the chosen cascade is then timed afresh as it ships "
+                   "(a chained form again against the one graph), and that reading is the one reported and gated"}
+
+
+def _timed_afresh(bundle_dir: Path, forms: CascadeForms, time_cascade: Callable[[], dict[str, Any]], exits: list[int],
+                  thresholds: list[float | None], form: str) -> tuple[str, dict[str, Any]]:
+    """The chosen cascade written as it ships (confirmed thresholds) and timed again: the
+    reading that won a choice between noisy readings is biased up (bench exits,
+    swin_tiny_c10 in OpenVINO: the chained form won at 1.32x against 1.30x for the one
+    graph, then ran 1.19x on the test images, where elsewhere it ran ~5 % slower than the
+    graph; the rest of that gap: 52 % of the held-out training images left early, 49 % of
+    the test images), so the gate gets a reading no choice was made on. A chained form is timed afresh against the one graph and kept only if still
+    ``KEEP_MARGIN`` faster. Returns (form, measurement), the bundle left in that form."""
+    readings: dict[str, dict[str, Any]] = {}
+    for f in (["graph", "chain"] if form == "chain" else ["graph"]):
+        forms.write(bundle_dir, f, exits, thresholds)
+        progress.step(f"timing {bundle_dir.name} afresh with exits {[e + 1 for e in exits]} as it ships, {FORMS[f]}")
+        readings[f] = time_cascade()
+    if "chain" in readings and readings["chain"]["speedup_mean"] >= readings["graph"]["speedup_mean"] * KEEP_MARGIN:
+        return "chain", readings["chain"]
+    if "chain" in readings:
+        forms.write(bundle_dir, "graph", exits, thresholds)
+    return "graph", readings["graph"]
