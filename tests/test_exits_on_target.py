@@ -315,3 +315,25 @@ def test_a_chain_that_won_by_a_lucky_reading_is_timed_afresh_and_the_graph_ships
     assert readings[-2:] == [("graph", (0,), readings[-2][2]), ("chain", (0,), readings[-1][2])]  # afresh: both forms
     assert chosen["speedup_mean"] == readings[-2][2] != chosen["speedup_when_chosen"]  # the fresh graph reading
     assert _bundle_exits(json.loads((folder / "bundle.json").read_text())) == ("graph", (0,))
+
+
+def test_an_exit_its_thresholds_close_ships_without_its_head(exported, tmp_path):
+    """Exit 1 is sure and always wrong, so no threshold opens it; the fake target still
+    times the cascade with it 1.45x against 1.40x without (noise can do that): it is
+    kept by the choice, but ships without its head and If, since it would cost time and
+    never fire, and the gate reads the cascade as shipped."""
+    _, _, bundle, ctx = exported
+    folder = tmp_path / "copy"
+    shutil.copytree(bundle.path, folder)
+    exit_logits, final, labels = _held_out()
+    exit_logits[1] = np.eye(10)[(labels + 1) % 10] * 20.0  # sure of the wrong class
+    speedups = {(0, 1): 1.45, (0,): 1.40, (1,): 1.0}
+    result = select_exits_on_target(folder, ctx.cache[cascade_forms_key(bundle.path)], _fake_target(folder, speedups, 0.95),
+                                    _passing_check, exit_logits, final, labels, "confidence", AccuracyBudget(0.01, 1.0),
+                                    lambda exits: np.arange(1, len(exits) + 2, dtype=float))
+    chosen = result["chosen"]
+    assert chosen["thresholds_searched"][1] is None and chosen["speedup_when_chosen"] == 1.45  # kept [0, 1] by the timing
+    assert chosen["exits"] == [0] and chosen["speedup_mean"] == 1.40  # shipped and timed without exit 1
+    data = json.loads((folder / "bundle.json").read_text())
+    assert _bundle_exits(data) == ("graph", (0,))
+    assert _if_nodes(folder / data["cascade"]["graph"]["file"]) == 1
