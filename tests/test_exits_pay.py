@@ -17,7 +17,7 @@ from edgevit.passes.base import ExportedArtifact
 from edgevit.passes import exit_calibration
 from edgevit.passes.exit_calibration import (EXIT_MIN_SAVING, AccuracyBudget, CascadeOutcome, confirm_exits,
                                              confirmation_halves, cumulative_costs, select_exits)
-from edgevit.passes.exits import ExitsConfig, head_specs, _speed_gate, exit_costs
+from edgevit.passes.exits import VAL_SOURCE, ExitsConfig, head_specs, _speed_gate, exit_costs
 from edgevit.profiling import runner_module
 
 
@@ -228,9 +228,9 @@ class _Transport:
         return type("Result", (), {"data": data})()
 
 
-def _gate(bundle_dir: Path, speedup: float, policy: str, se: float | None = None):
+def _gate(bundle_dir: Path, speedup: float, policy: str, se: float | None = None, source: str = "--train-data"):
     artifact = ExportedArtifact(bundle_dir, False, _Transport(speedup, se), 1, 1, None, {}, None, {})
-    record = {"config": {"if_slower": policy}}
+    record = {"config": {"if_slower": policy}, "structure": {"holdout": {"source": source}}}
     return _speed_gate(record, artifact, np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.int64))
 
 
@@ -270,6 +270,8 @@ def test_the_gate_ships_a_cascade_only_when_faster_by_more_than_its_noise(cascad
     shutil.copytree(bundle.path, clear)
     out = _gate(clear, 1.06, "fallback", se=0.02)
     assert out["cascade_gate"]["published"] == "cascade" and out["cascade_gate"]["speedup_se"] == 0.02
+    assert out["cascade_gate"]["on"].startswith("4 images held out of --train-data,")
+    assert _gate(clear, 1.06, "fallback", se=0.02, source=VAL_SOURCE)["cascade_gate"]["on"].startswith("4 images from --val-data,")
     noisy = tmp_path / "noisy"
     shutil.copytree(bundle.path, noisy)
     out = _gate(noisy, 1.03, "fallback", se=0.02)

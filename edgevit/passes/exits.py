@@ -472,8 +472,7 @@ def _choose_exits_on_target(record: dict[str, Any], artifact: ExportedArtifact, 
     summary = {**{k: v for k, v in selection.items() if k not in ("chosen", "tried")},
                "kept_blocks_1based": [blocks[e] for e in chosen["exits"]],
                "dropped_blocks_1based": [b for e, b in enumerate(blocks) if e not in chosen["exits"]],
-               "timed_on": f"{n} images " + ("from --val-data" if record["structure"]["holdout"]["source"] == VAL_SOURCE
-                                                      else "held out of --train-data"),
+               "timed_on": f"{n} images {_held_out_from(record)}",
                "form": chosen["form"], "form_meaning": FORMS[chosen["form"]], "thresholds": chosen["thresholds"],
                "form_when_chosen": chosen["form_when_chosen"], "speedup_when_chosen": chosen["speedup_when_chosen"],
                "speedup_afresh": chosen["speedup_mean"],
@@ -544,6 +543,11 @@ def _recalibrate_on_runtime(record: dict[str, Any], artifact: ExportedArtifact, 
                                     "thresholds": thresholds, **result}}
 
 
+def _held_out_from(record: dict[str, Any]) -> str:
+    """Where the images the cascade is timed and gated on come from, for the report."""
+    return "from --val-data" if record["structure"]["holdout"]["source"] == VAL_SOURCE else "held out of --train-data"
+
+
 def _record_budget(record: dict[str, Any]) -> AccuracyBudget:
     return accuracy_budget(ExitsConfig(**record["config"]), record["structure"]["holdout"]["source"])
 
@@ -570,7 +574,7 @@ def _speed_gate(record: dict[str, Any], artifact: ExportedArtifact, images: np.n
                       f"batch {artifact.batch}, interleaved)")
         measured = _time_cascade(artifact, images[:n], labels[:n])
     speedup, se = measured["speedup_mean"], measured.get("speedup_se")
-    gate = {"on": f"{n} images held out from --train-data, batch {artifact.batch}, {artifact.threads} thread(s), "
+    gate = {"on": f"{n} images {_held_out_from(record)}, batch {artifact.batch}, {artifact.threads} thread(s), "
                   "interleaved batch by batch with the bundled reference",
             "speedup_mean": speedup, "speedup_se": se, "margin_se": GATE_MARGIN_SE,
             "rule": f"the cascade ships if its speed-up minus {GATE_MARGIN_SE:g} standard errors is >= 1.0x",
