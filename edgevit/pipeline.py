@@ -36,7 +36,7 @@ from edgevit.passes.specs import pass_impl, pass_spec
 from edgevit.profiling import runner_module, transport_for
 from edgevit.profiling.executed import executed_precision
 from edgevit.recipe import LoadedRecipe, Recipe, load_recipe, recipe_targets
-from edgevit.report import REPORT_SCHEMA_VERSION, write_report_files
+from edgevit.report import REPORT_SCHEMA_VERSION, speedup_text, write_report_files
 from edgevit.outdir import refuse_out_over_inputs, removing_new_parents_on_failure
 from edgevit.textfile import write_text
 from edgevit.versions import library_versions
@@ -216,7 +216,7 @@ def _run(opts: CompressOptions, inputs: _Inputs, stage: Path) -> tuple[dict[str,
         for name, measured in cascade.get("artifacts", {}).items():
             if measured.get("speedup_mean", 1.0) < 1.0:
                 warnings.append(f"{name}: the cascade is slower than the same network without exits on the evaluation images "
-                                f"({measured['speedup_mean']:.2f}x mean latency, report.cascade)")
+                                f"({speedup_text(measured)} mean latency, report.cascade)")
                 progress.warn(warnings[-1])
 
     calib_text = calibration.manifest_text()

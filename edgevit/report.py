@@ -33,6 +33,13 @@ def write_report_files(folder: Path, report: dict[str, Any]) -> None:
     write_text(folder / "report.md", render_markdown(report))
 
 
+def speedup_text(measured: dict[str, Any]) -> str:
+    """"1.23x +- 0.02": a measured speed-up with its standard error where the runner gave one
+    (to three decimals below 0.005, where two would print "+- 0.00" and read as no error)."""
+    se = measured.get("speedup_se")
+    return f"{measured['speedup_mean']:.2f}x" + (f" +- {se:.{3 if se < 0.005 else 2}f}" if se else "")
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -98,7 +105,7 @@ def _cascade_section(cascade: dict[str, Any] | None) -> list[str]:
         lat, full = c["latency"], c.get("full_model_latency") or {}
         lines.append(f"| {name} | {_fmt(c['accuracy'], 4)} | {_fmt(c.get('full_model_accuracy'), 4)} | {c['exit_histogram']} "
                      f"| {_fmt(lat['mean_ms'])} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(full.get('mean_ms'))} "
-                     f"| {_fmt(full.get('p90_ms'))} | {_fmt(c.get('speedup_mean'))}x | {c['where_run']} |")
+                     f"| {_fmt(full.get('p90_ms'))} | {speedup_text(c) if c.get('speedup_mean') is not None else '-'} | {c['where_run']} |")
     for name, c in cascade["artifacts"].items():
         chosen = c.get("exits_chosen_on_target")
         if chosen:

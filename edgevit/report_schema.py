@@ -126,6 +126,7 @@ class _CascadeArtifact(_Open):
     latency: _Latency | None = None
     full_model_latency: _Latency | None = None
     speedup_mean: Number | None = None
+    speedup_se: Number | None = None
     where_run: str | None = None
 
     @model_validator(mode="after")

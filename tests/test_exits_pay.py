@@ -280,6 +280,26 @@ def test_the_gate_ships_a_cascade_only_when_faster_by_more_than_its_noise(cascad
     assert "cascade" not in json.loads((noisy / "bundle.json").read_text())
 
 
+def test_the_speedup_standard_error_is_printed_with_the_digits_it_needs_in_the_report():
+    """"+- 0.00" read as "no error": below 0.005 the s.e. gets a third decimal, in the
+    warnings and in report.md's cascade table (the table printed none before)."""
+    from edgevit.report import render_markdown, speedup_text
+    from edgevit.report_schema import ReportFile
+    from tests.test_hostile import minimal_report
+
+    assert speedup_text({"speedup_mean": 1.2412, "speedup_se": 0.0031}) == "1.24x +- 0.003"
+    assert speedup_text({"speedup_mean": 1.2412, "speedup_se": 0.021}) == "1.24x +- 0.02"
+    assert speedup_text({"speedup_mean": 1.2412}) == "1.24x"
+    latency = {"mean_ms": 2.0, "p50_ms": 2.0, "p90_ms": 3.0}
+    measured = {"accuracy": 0.7, "full_model_accuracy": 0.71, "exit_histogram": [6, 4], "latency": latency,
+                "full_model_latency": latency, "speedup_mean": 0.97, "speedup_se": 0.004, "where_run": "local"}
+    report = minimal_report(cascade={"evaluated": True, "images": 10, "data": "d", "artifacts": {"x86-openvino": measured}})
+    ReportFile.model_validate(report)
+    assert "| 0.97x +- 0.004 | local |" in render_markdown(report)
+    with pytest.raises(ValueError, match="speedup_se"):
+        ReportFile.model_validate({**report, "cascade": {**report["cascade"], "artifacts": {"x": {**measured, "speedup_se": "a lot"}}}})
+
+
 def test_the_runner_speedup_standard_error_matches_the_spread_of_repeated_measurements():
     """The delta-method s.e. of a ratio of paired means is what the ratio's spread over
     independent draws of the same kind shows (a bimodal cascade: some images leave early)."""

@@ -24,10 +24,11 @@ from edgevit.capabilities import runtime
 from edgevit.models import load_model
 from edgevit.passes.base import PassContext
 from edgevit.passes.exit_calibration import cumulative_costs
+from edgevit.report import speedup_text
 from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
 from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, VAL_SOURCE, ExitsConfig, ExitsPass, accuracy_budget,
-                                  GATE_MARGIN_SE, gate_passes, speedup_text,
+                                  GATE_MARGIN_SE, gate_passes,
                                   cache_features, calibrate_exits, chain_check,
                                   deployed_cumulative_costs,
                                   exit_blocks, exit_costs, head_specs, holdout_exit_logits, holdout_samples,

@@ -37,6 +37,7 @@ from edgevit.data import image_batches, label_map, load_images, require_same_cla
 from edgevit.errors import EdgevitError
 from edgevit.flops import count_call_flops, count_flops
 from edgevit.passes.base import ExportedArtifact, PassContext, PassRecord, register_pass
+from edgevit.report import speedup_text
 from edgevit.artifacts import sha256_file
 from edgevit.exporters.base import Bundle
 from edgevit.exporters.cascade_forms import FORMS
@@ -425,12 +426,6 @@ GATE_IMAGES = 500  # held-out images the exported cascade is timed on against it
 # gate's images happen to leave early). At 1.0 + 0 s.e. a cascade read as 1.02x on 500
 # images shipped and ran 0.96x on 8000 test images (bench exits, swin_tiny_c10, OpenVINO).
 GATE_MARGIN_SE = 2.0
-
-
-def speedup_text(measured: dict[str, Any]) -> str:
-    """"1.23x +- 0.02": a measured speed-up with its standard error where the runner gave one."""
-    se = measured.get("speedup_se")
-    return f"{measured['speedup_mean']:.2f}x" + (f" +- {se:.2f}" if se else "")
 
 
 def gate_passes(measured: dict[str, Any]) -> bool:
