@@ -420,3 +420,12 @@ def test_the_drop_a_confirming_half_reports_is_what_unseen_images_lose():
 def test_the_budget_confirms_on_a_half_where_the_config_and_the_images_ask(confirmation, source, confirm):
     budget = accuracy_budget(ExitsConfig(max_accuracy_drop=0.5, calibration_margin=1.5, confirmation=confirmation), source)
     assert budget == AccuracyBudget(0.005, 1.5, confirm)
+    # auto: the larger reserve exactly where a half confirms (there the drop is unbiased, its noise the risk)
+    auto = accuracy_budget(ExitsConfig(max_accuracy_drop=0.5, confirmation=confirmation), source)
+    assert auto == AccuracyBudget(0.005, 1.645 if confirm else 1.0, confirm)
+
+
+@pytest.mark.parametrize("margin", ["bogus", -1, 6])
+def test_a_calibration_margin_that_is_neither_auto_nor_a_reserve_is_refused(margin):
+    with pytest.raises(ValueError, match="calibration_margin"):
+        ExitsConfig(calibration_margin=margin)

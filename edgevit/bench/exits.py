@@ -27,7 +27,8 @@ from edgevit.passes.exit_calibration import cumulative_costs
 from edgevit.report import speedup_text
 from edgevit.exporters.cascade_forms import FORM_SHORT
 from edgevit.exporters.cascade_graphs import cascade_forms_key
-from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, VAL_SOURCE, ExitsConfig, ExitsPass, accuracy_budget,
+from edgevit.passes.exits import (CHAIN_CHECK_IMAGES, GATE_IMAGES, MARGIN_CONFIRMING, MARGIN_HELD_OUT_TRAIN, VAL_SOURCE,
+                                  ExitsConfig, ExitsPass, accuracy_budget,
                                   GATE_MARGIN_SE, gate_passes,
                                   cache_features, calibrate_exits, chain_check,
                                   deployed_cumulative_costs,
@@ -44,7 +45,6 @@ LARGE_MODEL, ESTIMATE_FROM = "deit_small_patch16_224", "vit_tiny_c10"
 THREADS = 1  # one image at a time on one thread: the least noisy latency this shared machine gives
 EXITS = {"count": 4, "rule": "auto", "holdout_images": 8000,  # 2000 left a 0.5 pt noise on sub-point budgets
          "train": {"epochs": 20, "lr": 3e-3, "batch_size": 128, "max_images": 40000, "max_minutes": 8}}
-MARGIN_SE = ExitsConfig().calibration_margin  # what compress keeps in reserve by default
 VAL_IMAGES = 2000  # the --val-data table: test images that calibrate (seeded draw); the other 8000 report
 SOURCES = {"train": "--train-data", "val": VAL_SOURCE}  # what compress would be given, per calibration
 CALIBRATIONS = {  # how the thresholds were calibrated -> the table that reports it
@@ -282,7 +282,9 @@ def _large_model_estimate(results: dict[str, Any], notes: list[str]) -> list[lis
          f"Reference models, exit heads trained on a frozen backbone (self-distillation on up to {EXITS['train']['max_images']} "
          f"seeded CIFAR-10 train images, up to {EXITS['train']['epochs']:g} epochs at lr {EXITS['train']['lr']:g} within "
          f"{EXITS['train']['max_minutes']:g} minutes, the cosine schedule fitted to that cap; the notes give the epochs run), thresholds calibrated for three top-1 budgets "
-         f"(drop + {MARGIN_SE:g} paired standard error within the budget, compress's default; the calibration drop column "
+         f"(drop + a reserve of paired standard errors within the budget, compress's default calibration_margin: "
+         f"{ExitsConfig().calibration_margin}, i.e. {MARGIN_HELD_OUT_TRAIN:g} s.e. on held-out train images and "
+         f"{MARGIN_CONFIRMING:g} on a confirming half; the calibration drop column "
          "gives drop +- s.e. at the thresholds shipped, for --val-data rows on the confirming half; "
          f"rule {EXITS['rule']}: entropy or top softmax probability, whichever gives the lower expected latency there; the "
          f"exits column names it) on {EXITS['holdout_images']} other train images (first table: what compress does without "

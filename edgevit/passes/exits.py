@@ -45,7 +45,7 @@ from edgevit.exporters.cascade_graphs import publish_reference, set_cascade_thre
 from edgevit.evaluation import check_outputs
 from edgevit.passes.exit_calibration import (AccuracyBudget, calibrate, confidence_scores, confirm_exits, cumulative_costs, select_exits,
                                              to_rule_units)
-from edgevit.passes.specs.exits import ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
+from edgevit.passes.specs.exits import MARGIN_CONFIRMING, MARGIN_HELD_OUT_TRAIN, ExitsConfig, ExitTrainConfig  # noqa: F401  (the declaration; re-exported)
 from edgevit.exit_heads import HeadSpec
 from edgevit.training import train_loop
 
@@ -208,9 +208,13 @@ def accuracy_budget(cfg: ExitsConfig, source: str) -> AccuracyBudget:
     """The budget the thresholds are calibrated to, from the pass config (or its record) and
     where the calibration images come from: ``confirmation: auto`` confirms on a held-out
     half only on --val-data images (on training images the drop is already pessimistic:
-    the backbone fits them, so a confirming half would only cost speed)."""
+    the backbone fits them, so a confirming half would only cost speed), and
+    ``calibration_margin: auto`` keeps the larger reserve where a half confirms."""
     confirm = cfg.confirmation == "half" or (cfg.confirmation == "auto" and source == VAL_SOURCE)
-    return AccuracyBudget(cfg.max_accuracy_drop / 100.0, cfg.calibration_margin, confirm)
+    margin = cfg.calibration_margin
+    if margin == "auto":
+        margin = MARGIN_CONFIRMING if confirm else MARGIN_HELD_OUT_TRAIN
+    return AccuracyBudget(cfg.max_accuracy_drop / 100.0, margin, confirm)
 
 
 def calibrate_exits(model: nn.Module, holdout: dict[str, Any], rule: str, budget: AccuracyBudget,
