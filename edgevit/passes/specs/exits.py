@@ -31,8 +31,8 @@ class ExitTrainConfig(FinetuneConfig):
 
 
 # calibration_margin: auto. On images held out of --train-data the backbone fits its own
-# training images, so the drop measured there is already pessimistic (bench exits, vit 0.5 pt:
-# -0.34 pt there, +0.20 on the test set) and one s.e. suffices. On a confirming half of
+# training images, so the drop measured there is already pessimistic (bench exits 2026-12-03,
+# vit 0.5 pt: -0.32 pt there, +0.11 on the test set) and one s.e. suffices. On a confirming half of
 # --val-data the drop is an unbiased reading of a small sample: with one s.e., 12 % of
 # synthetic draws overspent a 0.5 pt budget, with 1.645 3 %, at 0.93x the expected speed-up
 # (README, calibration_margin), and bench exits met such a draw (vit: +0.30 +- 0.79 pt on the
