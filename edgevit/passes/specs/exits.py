@@ -53,7 +53,7 @@ class ExitsConfig(PassConfig):
     max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the cascade may lose on held-out images")
     # budgets are fractions of a point: the held-out drop's standard error is about
     # sqrt(disagreement / n) (0.5 pt at 2000 images and 5 % of predictions changed)
-    calibration_margin: Annotated[float, Field(ge=0, le=5)] | Literal["auto"] = Field(
+    calibration_margin: float | Literal["auto"] = Field(  # bounds: _auto_or_a_reserve, one message for both forms
         "auto", description="paired standard errors of the held-out drop kept in reserve: the thresholds keep "
                             "drop + margin x s.e. within max_accuracy_drop (0: the drop alone, which the threshold "
                             f"search overfits to the held-out images); auto: {MARGIN_HELD_OUT_TRAIN:g} on images held out "
@@ -75,7 +75,7 @@ class ExitsConfig(PassConfig):
     @field_validator("calibration_margin", mode="before")
     @classmethod
     def _auto_or_a_reserve(cls, value: Any) -> Any:
-        # one message naming both forms, where the union's two branches would each report
+        # the bounds live here, not in Field(ge, le): the union's two branches would each report
         if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 5):
             return value
         raise ValueError("give auto or a number of standard errors from 0 to 5")
